@@ -1,0 +1,92 @@
+"""The built-in formats.
+
+Element formats follow the OCP Microscaling v1.0 definitions (E2M1, E2M3, E3M2,
+E4M3 = ml_dtypes' ``fn`` flavour, E5M2 = IEEE flavour) and saturate on overflow by
+default. Block formats: MX (OCP MX v1.0: block 32, E8M0 scale, ``floor`` rule
+with the exponent from the float bits), NVFP4 (block 16, E4M3 scale, float32
+tensor scale, exact numerics) and presets named after the stack they reproduce
+bit for bit (``@torchao`` = torchao 0.18, ``@ml_dtypes`` = ml_dtypes 0.6).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from lowbit.formats.spec import E8M0, BlockFormat, FloatFormat, IntFormat, TensorScale, evolve
+from lowbit.hookspecs import hookimpl
+
+FP4_E2M1 = FloatFormat(name="fp4_e2m1", ebits=2, mbits=1)
+FP4_E3M0 = FloatFormat(name="fp4_e3m0", ebits=3, mbits=0)
+FP4_E1M2 = FloatFormat(name="fp4_e1m2", ebits=1, mbits=2)
+FP6_E2M3 = FloatFormat(name="fp6_e2m3", ebits=2, mbits=3)
+FP6_E3M2 = FloatFormat(name="fp6_e3m2", ebits=3, mbits=2)
+FP8_E4M3 = FloatFormat(name="fp8_e4m3", ebits=4, mbits=3, special="fn")
+FP8_E5M2 = FloatFormat(name="fp8_e5m2", ebits=5, mbits=2, special="ieee")
+INT4 = IntFormat(name="int4", int_bits=4)
+INT8 = IntFormat(name="int8", int_bits=8)
+
+ELEMENTS = (FP4_E2M1, FP4_E3M0, FP4_E1M2, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, INT4, INT8)
+
+# ml_dtypes casts round to nearest even and overflow to NaN (fn) or Inf (IEEE).
+ML_DTYPES_PRESETS = (
+    evolve(FP8_E4M3, name="fp8_e4m3@ml_dtypes", overflow="nan"),
+    evolve(FP8_E5M2, name="fp8_e5m2@ml_dtypes", overflow="inf"),
+)
+
+
+def _mx(name: str, element: FloatFormat, **kw: Any) -> BlockFormat:
+    return BlockFormat(name=name, element=element, block_size=32, scale=E8M0, **kw)
+
+
+MXFP4 = _mx("mxfp4", FP4_E2M1)
+MX = (
+    MXFP4,
+    _mx("mxfp4_ceil", FP4_E2M1, scale_rule="ceil"),
+    _mx("mxfp4_even", FP4_E2M1, scale_rule="even"),
+    _mx("mxfp4_rceil", FP4_E2M1, scale_rule="rceil"),
+    _mx("mxfp6_e2m3", FP6_E2M3),
+    _mx("mxfp6_e3m2", FP6_E3M2),
+    _mx("mxfp8_e4m3", FP8_E4M3),
+    _mx("mxfp8_e5m2", FP8_E5M2),
+)
+
+# Exact NVFP4: s = RNE_e4m3(amax_b / (6 * ts)) clamped to [2^-9, 448] (every
+# positive E4M3 value), ts = fl32(amax_tensor / 2688); an all-zero block gets
+# scale 0. One rounding per step.
+NVFP4 = BlockFormat(
+    name="nvfp4",
+    element=FP4_E2M1,
+    block_size=16,
+    scale=FP8_E4M3,
+    scale_rule="nearest",
+    scale_min=2.0**-9,
+    scale_max=448.0,
+    tensor_scale=TensorScale(),
+    zero_block="zero_scale",
+)
+
+_TORCHAO = dict(arithmetic="torchao", inf_block="inf_amax")
+TORCHAO_PRESETS = (
+    evolve(MXFP4, name="mxfp4@torchao", **_TORCHAO),
+    evolve(MXFP4, name="mxfp4_rceil@torchao", scale_rule="rceil", **_TORCHAO),
+    evolve(MX[4], name="mxfp6_e2m3@torchao", **_TORCHAO),
+    evolve(MX[6], name="mxfp8_e4m3@torchao", **_TORCHAO),
+    # torchao clamps the block scale to [2^-6, 448] (no subnormal scales).
+    evolve(NVFP4, name="nvfp4@torchao", tensor_scale=None, scale_min=2.0**-6, zero_block="min_scale", **_TORCHAO),
+    evolve(
+        NVFP4,
+        name="nvfp4_2level@torchao",
+        tensor_scale=TensorScale(amax="all"),
+        scale_min=2.0**-6,
+        zero_block="min_scale",
+        **_TORCHAO,
+    ),
+)
+
+BUILTIN_FORMATS = (*ELEMENTS, *ML_DTYPES_PRESETS, *MX, NVFP4, *TORCHAO_PRESETS)
+
+
+@hookimpl
+def register_formats(register: Callable[[Any], None]) -> None:
+    for spec in BUILTIN_FORMATS:
+        register(spec)

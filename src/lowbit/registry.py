@@ -1,0 +1,186 @@
+"""The plugin registry: a pluggy PluginManager over the entry-point group "lowbit".
+
+Built-in plugins (``lowbit.plugins.*``) and third-party packages register through
+the same hooks. A plugin that fails to import, raises inside a hook or registers
+a name that is already taken produces a ``LowbitPluginWarning`` naming the plugin
+and the cause; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import warnings
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+import pluggy
+
+from lowbit import hookspecs
+
+ENTRY_POINT_GROUP = "lowbit"
+BUILTIN_PLUGINS = ("lowbit.plugins.builtin_formats", "lowbit.plugins.builtin_backends")
+
+T = TypeVar("T")
+
+
+class LowbitPluginWarning(UserWarning):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class UnknownNameError(KeyError):
+    """A name that nothing registered; the message lists the closest names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class _Table(Generic[T]):
+    """Name -> value, filled by one hook, with the plugin that gave each value."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.items: dict[str, T] = {}
+        self.origin: dict[str, str] = {}
+
+    def add(self, value: T, plugin: str, name: str) -> None:
+        if name in self.items:
+            warnings.warn(
+                f"plugin {plugin!r} registers {self.kind} {name!r}, which plugin "
+                f"{self.origin[name]!r} already registered; keeping the first",
+                LowbitPluginWarning,
+                stacklevel=4,
+            )
+            return
+        self.items[name] = value
+        self.origin[name] = plugin
+
+    def get(self, name: str) -> T:
+        try:
+            return self.items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.items, n=5, cutoff=0.5)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (see `lowbit formats`)") from None
+
+
+class Registry:
+    """Holds the plugin manager and the tables its hooks fill."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("lowbit")
+        self.pm.add_hookspecs(hookspecs)
+        self.formats: _Table[Any] = _Table("format")
+        self.backends: _Table[Any] = _Table("backend")
+        self.recipes: _Table[Any] = _Table("recipe")
+        self._loaded = False
+
+    # -- loading ----------------------------------------------------------------
+    def load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for modname in BUILTIN_PLUGINS:
+            self.pm.register(importlib.import_module(modname), name=modname)
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            self._register_entry_point(ep)
+        self._collect("register_formats", self.formats, _check_format)
+        self._collect("register_backends", self.backends, _check_backend)
+        self._collect("register_recipes", self.recipes, _check_named)
+
+    def _register_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
+        if self.pm.has_plugin(ep.name):
+            return
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not break lowbit
+            warnings.warn(
+                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}",
+                LowbitPluginWarning,
+                stacklevel=3,
+            )
+            return
+        self.pm.register(plugin, name=ep.name)
+
+    def add_plugin(self, plugin: object, name: str) -> None:
+        """Register a plugin object (a module or instance with hookimpls) now."""
+        self.load()
+        self.pm.register(plugin, name=name)
+        for hook, table, check in (
+            ("register_formats", self.formats, _check_format),
+            ("register_backends", self.backends, _check_backend),
+            ("register_recipes", self.recipes, _check_named),
+        ):
+            self._call_one(plugin, name, hook, table, check)
+
+    def _collect(self, hook: str, table: _Table[Any], check: Callable[[Any], str]) -> None:
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            self._call_one(impl.plugin, impl.plugin_name, hook, table, check)
+
+    @staticmethod
+    def _call_one(plugin: object, name: str, hook: str, table: _Table[Any], check: Callable[[Any], str]) -> None:
+        fn = getattr(plugin, hook, None)
+        if fn is None:
+            return
+
+        def register(value: Any) -> None:
+            problem = check(value)
+            if problem:
+                raise TypeError(problem)
+            table.add(value, name, value.name)
+
+        try:
+            fn(register=register)
+        except Exception as exc:
+            warnings.warn(
+                f"plugin {name!r} raised in {hook}: {type(exc).__name__}: {exc}",
+                LowbitPluginWarning,
+                stacklevel=4,
+            )
+
+
+def _check_named(value: Any) -> str:
+    name = getattr(value, "name", None)
+    if not isinstance(name, str) or not name:
+        return f"registered value {value!r} has no string `name`"
+    return ""
+
+
+def _check_format(value: Any) -> str:
+    from lowbit.formats.spec import SPEC_TYPES
+
+    problem = _check_named(value)
+    if not problem and not isinstance(value, SPEC_TYPES):
+        problem = f"format {value.name!r} is a {type(value).__name__}, not one of {[t.__name__ for t in SPEC_TYPES]}"
+    return problem
+
+
+def _check_backend(value: Any) -> str:
+    from lowbit.emulate.backends import Backend
+
+    problem = _check_named(value)
+    if not problem and not isinstance(value, Backend):
+        problem = f"backend {value.name!r} is not a lowbit.emulate.Backend"
+    return problem
+
+
+_REGISTRY: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+        _REGISTRY.load()
+    return _REGISTRY
+
+
+def reset() -> None:
+    """Forget everything loaded (tests use this after installing a plugin)."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
+def iter_formats() -> Iterator[tuple[str, Any]]:
+    yield from registry().formats.items.items()
