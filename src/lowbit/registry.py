@@ -12,7 +12,7 @@ import difflib
 import importlib
 import importlib.metadata
 import warnings
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 import pluggy
 
@@ -49,7 +49,7 @@ class _Table(Generic[T]):
                 f"plugin {plugin!r} registers {self.kind} {name!r}, which plugin "
                 f"{self.origin[name]!r} already registered; keeping the first",
                 LowbitPluginWarning,
-                stacklevel=4,
+                stacklevel=3,  # the plugin's register(...) call
             )
             return
         self.items[name] = value
@@ -61,7 +61,8 @@ class _Table(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self.items, n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (see `lowbit formats`)") from None
+            every = "`lowbit formats` lists them all" if self.kind == "format" else f"registered: {', '.join(self.items)}"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} ({every})") from None
 
 
 class Registry:
@@ -73,10 +74,16 @@ class Registry:
         self.formats: _Table[Any] = _Table("format")
         self.backends: _Table[Any] = _Table("backend")
         self.recipes: _Table[Any] = _Table("recipe")
+        self._hooks: tuple[tuple[str, _Table[Any], Callable[[Any], str]], ...] = (
+            ("register_formats", self.formats, _check_format),
+            ("register_backends", self.backends, _check_backend),
+            ("register_recipes", self.recipes, _check_named),
+        )
         self._loaded = False
 
     # -- loading ----------------------------------------------------------------
     def load(self) -> None:
+        """Register the built-in plugins and the entry points, then fill the tables (once)."""
         if self._loaded:
             return
         self._loaded = True
@@ -84,53 +91,51 @@ class Registry:
             self.pm.register(importlib.import_module(modname), name=modname)
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             self._register_entry_point(ep)
-        self._collect("register_formats", self.formats, _check_format)
-        self._collect("register_backends", self.backends, _check_backend)
-        self._collect("register_recipes", self.recipes, _check_named)
+        self._collect()
 
     def _register_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
-        if self.pm.has_plugin(ep.name):
-            return
         try:
-            plugin = ep.load()
+            # pluggy refuses a taken plugin name or a hookimpl whose arguments
+            # do not match the hookspec; like an import error, that is the
+            # plugin's problem, not lowbit's
+            self.pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken plugin must not break lowbit
             warnings.warn(
-                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}",
+                f"plugin {ep.name!r} ({ep.value}) could not be loaded: {type(exc).__name__}: {exc}",
                 LowbitPluginWarning,
                 stacklevel=3,
             )
-            return
-        self.pm.register(plugin, name=ep.name)
 
     def add_plugin(self, plugin: object, name: str) -> None:
         """Register a plugin object (a module or instance with hookimpls) now."""
         self.load()
         self.pm.register(plugin, name=name)
-        for hook, table, check in (
-            ("register_formats", self.formats, _check_format),
-            ("register_backends", self.backends, _check_backend),
-            ("register_recipes", self.recipes, _check_named),
-        ):
-            self._call_one(plugin, name, hook, table, check)
+        self._collect(plugin)
 
-    def _collect(self, hook: str, table: _Table[Any], check: Callable[[Any], str]) -> None:
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            self._call_one(impl.plugin, impl.plugin_name, hook, table, check)
+    def _collect(self, only: object | None = None) -> None:
+        """Call every hook of every registered plugin (or of ``only``) into its table."""
+        for hook, table, check in self._hooks:
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                if only is None or impl.plugin is only:
+                    self._call_one(impl, hook, table, check)
 
     @staticmethod
-    def _call_one(plugin: object, name: str, hook: str, table: _Table[Any], check: Callable[[Any], str]) -> None:
-        fn = getattr(plugin, hook, None)
-        if fn is None:
-            return
+    def _call_one(impl: pluggy.HookImpl, hook: str, table: _Table[Any], check: Callable[[Any], str]) -> None:
+        name = impl.plugin_name
 
         def register(value: Any) -> None:
             problem = check(value)
-            if problem:
-                raise TypeError(problem)
+            if problem:  # refuse this value only; the plugin's other values still count
+                warnings.warn(
+                    f"plugin {name!r} registered an invalid {table.kind}, ignored: {problem}",
+                    LowbitPluginWarning,
+                    stacklevel=2,  # the plugin's register(...) call
+                )
+                return
             table.add(value, name, value.name)
 
         try:
-            fn(register=register)
+            impl.function(register=register)
         except Exception as exc:
             warnings.warn(
                 f"plugin {name!r} raised in {hook}: {type(exc).__name__}: {exc}",
@@ -180,7 +185,3 @@ def reset() -> None:
     """Forget everything loaded (tests use this after installing a plugin)."""
     global _REGISTRY
     _REGISTRY = None
-
-
-def iter_formats() -> Iterator[tuple[str, Any]]:
-    yield from registry().formats.items.items()

@@ -23,11 +23,13 @@ Numerics (the same rules as :mod:`lowbit.formats.spec`, computed differently):
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
 import numba
 import numpy as np
 
+from lowbit.emulate._numba_simd import max_abs_bits
 from lowbit.emulate.backends import Parts
 from lowbit.formats.spec import (
     BF16,
@@ -51,7 +53,7 @@ INF_BLOCKS = {"nan": 0, "saturate": 1, "inf_amax": 2}
 OUT_KINDS = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 
 _jit = numba.njit(cache=True, nogil=True)
-_inline = numba.njit(cache=True, inline="always")
+_inline = numba.njit(cache=True)  # LLVM inlines these; numba IR inlining made compiles take minutes
 
 
 # ---------------------------------------------------------------------------
@@ -162,8 +164,8 @@ def _enc_exact(ep, a, r):
     if a == 0.0:
         return np.int64(0)
     if ep[0] == KIND_INT:
-        fl = math.floor(a)
-        code = np.int64(fl) if fl < 9.0e15 else np.int64(9.0e15)
+        fl = math.floor(min(a, 9.0e15))  # clamp first: floor returns int64, which overflows
+        code = np.int64(fl)
         if _round_up(ep[8], a - fl, 0.5, (code & 1) == 1, r, ep[9]):
             code += 1
         return code
@@ -221,7 +223,7 @@ def _enc_floor(ep, a):
     if not a < 1.0e300:
         return ep[4] + 1
     if ep[0] == KIND_INT:
-        return np.int64(min(math.floor(a), ep[4] + 1.0))
+        return np.int64(math.floor(min(a, ep[4] + 1.0)))
     mb = ep[2]
     e = _exp_of(a)
     if e < ep[3]:
@@ -252,6 +254,8 @@ def _finish(ep, mag, neg):
             mag = np.int64(0)
         if ep[6] == 3 and mag == 0:
             return np.int64(0)
+    elif mag == OVF:  # a codebook meets +-Inf: it saturates
+        mag = ep[4]
     if not neg:
         return mag
     if ep[5] == 0:
@@ -451,44 +455,72 @@ def _block_params(x, i, s, e, bp, bf, sp, ts):
 
 
 @_jit
-def _tensor_scale(x, target, f32p):
-    """fl32(amax over finite values / target), exact; 1 when amax is 0."""
-    rows, n = x.shape
-    amax = 0.0
-    for i in range(rows):
-        for j in range(n):
-            v = abs(np.float64(x[i, j]))
-            if v < np.inf and v > amax:
-                amax = v
+def _max_finite_bits(x, inf_bits):
+    """Bit pattern of the largest finite |x| of a flat float32/float64 array (patterns at
+    or above ``inf_bits`` are Inf or NaN and do not count): a vectorised integer max.
+    One thread: the pass is memory-bound, and a parallel region can stall on a busy
+    machine (see lowbit.emulate._numba_fast.threads_for)."""
+    lanes = 64 // x.itemsize
+    full = x.size // lanes
+    m = 0
+    for k in range(full):
+        m = max(m, max_abs_bits(x, k * lanes, inf_bits))
+    tail = np.zeros(lanes, x.dtype)
+    tail[: x.size - full * lanes] = x[full * lanes :]
+    return max(m, max_abs_bits(tail, 0, inf_bits))
+
+
+def _finite_amax(x: np.ndarray) -> float:
+    """max |x| over the finite values of a float32/float64 array (0 when there are none)."""
+    ints = np.int32 if x.dtype == np.float32 else np.int64
+    inf_bits = int(np.array(np.inf, x.dtype).view(ints))
+    return float(np.array(_max_finite_bits(x.reshape(-1), inf_bits), ints).view(x.dtype))
+
+
+@_jit
+def _tensor_scale(amax, target, f32p):
+    """fl32(amax / target), exact; 1 when amax is 0."""
     if amax == 0.0:
         return 1.0
     c, _n = _encode(f32p, _NO_TABLE, amax, target, False, 0)
-    return np.float64(np.uint32(c).view(np.float32))
+    # clamped to the positive finite float32 values, as the reference does
+    return min(max(np.float64(np.uint32(c).view(np.float32)), _pow2(-149)), 3.4028234663852886e38)
+
+
+@_jit
+def _quant_one_block(x, codes, scale_codes, scales, i, b, ep, table, bp, bf, sp, ts, seed, use_seed):
+    """Block b of row i; also the fast paths' fallback for the blocks they do not take."""
+    n = x.shape[1]
+    s = b * bp[0]
+    e = min(s + bp[0], n)
+    sc, sval, d, exact_div, nan_block = _block_params(x, i, s, e, bp, bf, sp, ts)
+    scale_codes[i, b] = sc
+    scales[i, b] = sval
+    for j in range(s, e):
+        if nan_block:
+            codes[i, j] = 0
+            continue
+        r = _random_bits(seed, i * n + j, ep[9]) if use_seed else 0
+        xv = np.float64(x[i, j])
+        if d == 0.0:  # zero scale: the block is all zeros, keep their signs
+            c, _n = _encode(ep, table, math.copysign(0.0, xv), 1.0, True, 0)
+        else:
+            c, _n = _encode(ep, table, xv, d, exact_div, r)
+        codes[i, j] = c
 
 
 @_jit
 def _quant_block(x, codes, scale_codes, scales, ep, table, bp, bf, sp, ts, seed, use_seed):
-    rows, n = x.shape
-    bs = bp[0]
-    nb = scale_codes.shape[1]
-    for i in range(rows):
-        for b in range(nb):
-            s = b * bs
-            e = min(s + bs, n)
-            sc, sval, d, exact_div, nan_block = _block_params(x, i, s, e, bp, bf, sp, ts)
-            scale_codes[i, b] = sc
-            scales[i, b] = sval
-            for j in range(s, e):
-                if nan_block:
-                    codes[i, j] = 0
-                    continue
-                r = _random_bits(seed, i * n + j, ep[9]) if use_seed else 0
-                xv = np.float64(x[i, j])
-                if d == 0.0:  # zero scale: the block is all zeros, keep their signs
-                    c, _n = _encode(ep, table, math.copysign(0.0, xv), 1.0, True, 0)
-                else:
-                    c, _n = _encode(ep, table, xv, d, exact_div, r)
-                codes[i, j] = c
+    for i in range(x.shape[0]):
+        for b in range(scale_codes.shape[1]):
+            _quant_one_block(x, codes, scale_codes, scales, i, b, ep, table, bp, bf, sp, ts, seed, use_seed)
+
+
+@_jit
+def _quant_listed_blocks(x, codes, scale_codes, scales, rows, blocks, ep, table, bp, bf, sp, ts):
+    """Only the blocks (rows[k], blocks[k]), nearest rounding: the fast paths' fallback."""
+    for k in range(rows.size):
+        _quant_one_block(x, codes, scale_codes, scales, rows[k], blocks[k], ep, table, bp, bf, sp, ts, 0, False)
 
 
 @_jit
@@ -508,40 +540,61 @@ def _dequant_block(codes, scales, ts, out, ep, table, bs, okind, op):
 
 
 @_jit
+def _fq_one_block(x, out, i, b, ep, table, bp, bf, sp, ts, seed, use_seed, okind, op):
+    """Block b of row i; also the fast paths' fallback for the blocks they do not take."""
+    n = x.shape[1]
+    s = b * bp[0]
+    e = min(s + bp[0], n)
+    _sc, sval, d, exact_div, nan_block = _block_params(x, i, s, e, bp, bf, sp, ts)
+    for j in range(s, e):
+        if nan_block:
+            _store(out, i, j, np.nan, okind, op)
+            continue
+        r = _random_bits(seed, i * n + j, ep[9]) if use_seed else 0
+        xv = np.float64(x[i, j])
+        if d == 0.0:
+            v = math.copysign(0.0, xv)
+        else:
+            c, _n = _encode(ep, table, xv, d, exact_div, r)
+            q = _decode(ep, table, c)
+            v = q if (q == 0.0 or abs(q) == np.inf) else q * d
+        _store(out, i, j, v, okind, op)
+
+
+@_jit
 def _fq_block(x, out, ep, table, bp, bf, sp, ts, seed, use_seed, okind, op):
-    rows, n = x.shape
     bs = bp[0]
-    nb = (n + bs - 1) // bs
-    for i in range(rows):
-        for b in range(nb):
-            s = b * bs
-            e = min(s + bs, n)
-            _sc, sval, d, exact_div, nan_block = _block_params(x, i, s, e, bp, bf, sp, ts)
-            for j in range(s, e):
-                if nan_block:
-                    _store(out, i, j, np.nan, okind, op)
-                    continue
-                r = _random_bits(seed, i * n + j, ep[9]) if use_seed else 0
-                xv = np.float64(x[i, j])
-                if d == 0.0:
-                    v = math.copysign(0.0, xv)
-                else:
-                    c, _n = _encode(ep, table, xv, d, exact_div, r)
-                    q = _decode(ep, table, c)
-                    v = q if (q == 0.0 or abs(q) == np.inf) else q * d
-                _store(out, i, j, v, okind, op)
+    for i in range(x.shape[0]):
+        for b in range((x.shape[1] + bs - 1) // bs):
+            _fq_one_block(x, out, i, b, ep, table, bp, bf, sp, ts, seed, use_seed, okind, op)
+
+
+@_jit
+def _fq_listed_blocks(x, out, rows, blocks, ep, table, bp, bf, sp, ts, okind, op):
+    """Only the blocks (rows[k], blocks[k]), nearest rounding: the fast paths' fallback."""
+    for k in range(rows.size):
+        _fq_one_block(x, out, rows[k], blocks[k], ep, table, bp, bf, sp, ts, 0, False, okind, op)
 
 
 # ---------------------------------------------------------------------------
 # torchao 0.18 arithmetic (float32 steps in torchao's order)
 
 
-@_inline
-def _f32(v):
-    return np.float32(v)
+# torchao divides by a zero tensor scale when the whole input is zero and gets NaN
+# scales (0 / 0): these need IEEE division, not Python's ZeroDivisionError.
+_inline_ieee = numba.njit(cache=True, error_model="numpy")
 
 
 @_inline
+def _torchao_ceil_log2(descale):
+    """ceil(log2(descale)) for a positive float32, as torchao's CPU rceil computes it:
+    ceil of a float32 log2. torch's float32 log2 is correctly rounded where ceil can
+    tell results apart (near powers of two), and so is a float64 log2 rounded to
+    float32 (the tests check this against torch.log2)."""
+    return math.ceil(np.float32(math.log2(np.float64(descale))))
+
+
+@_inline_ieee
 def _torchao_block(x, i, s, e, bp, bf, sp, ts32):
     """(scale code, scale value, float32 factor, multiply (else divide)) for one block."""
     amax = np.float32(0.0)
@@ -561,7 +614,7 @@ def _torchao_block(x, i, s, e, bp, bf, sp, ts32):
         if descale == 0.0:
             lg = -127.0
         else:
-            lg = math.ceil(np.float32(math.log2(np.float64(descale))))
+            lg = _torchao_ceil_log2(descale)
         code = np.int64(min(max(lg, -127.0), 127.0)) + 127
         rcp = np.float32(1.0) if code == 0 else np.float32(_pow2(127 - code))
         return code, _pow2(code - 127), rcp, True
@@ -653,10 +706,12 @@ def _fq_block_torchao(x, out, ep, table, bp, bf, sp, ts32, okind, op):
             _sc, sval, f, mul = _torchao_block(x, i, s, e, bp, bf, sp, ts32)
             for j in range(s, e):
                 d = _torchao_scaled(x, i, j, f, mul, emax32, clamp)
-                if d != d or sval != sval:
+                if sval != sval:
                     _store(out, i, j, np.nan, okind, op)
                     continue
-                c, _n = _encode(ep, table, np.float64(d), 1.0, True, 0)
+                c = np.int64(0)  # a NaN scaled value (0 * Inf) gets code 0, as in quantize
+                if d == d:
+                    c, _n = _encode(ep, table, np.float64(d), 1.0, True, 0)
                 q = _decode(ep, table, c)
                 if bp[1] == 1:
                     v = q * sval
@@ -705,7 +760,7 @@ def _tensor_scale_of(spec: BlockFormat, x: np.ndarray) -> float | None:
         with np.errstate(all="ignore"):
             amax = np.float32(np.max(np.abs(x))) if x.size else np.float32(0.0)
             return float(np.float32(amax / np.float32(target)))
-    return float(_tensor_scale(x, target, OUT_PARAMS["float32"]))
+    return float(_tensor_scale(_finite_amax(x), target, OUT_PARAMS["float32"]))
 
 
 def _seed_args(seed: int | None) -> tuple[int, bool]:
@@ -722,7 +777,19 @@ def _out_array(shape: tuple[int, ...], out: str) -> tuple[np.ndarray, int, tuple
     return np.empty(shape, dtype), OUT_KINDS[out], op
 
 
+def _fast_paths() -> ModuleType:
+    """The float32 fast paths (:mod:`lowbit.emulate._numba_fast`). Imported on first use
+    because they are built from this module's helpers and fall back to its kernels."""
+    from lowbit.emulate import _numba_fast
+
+    return _numba_fast
+
+
 def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
+    fast = _fast_paths()
+    path = fast.path_of(spec, x.dtype, None)
+    if path is not None:
+        return fast.quantize(path, spec, x)
     rows, n = x.shape
     if not isinstance(spec, BlockFormat):
         ep, table = element_params(spec), element_table(spec)
@@ -768,6 +835,10 @@ def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
 
 
 def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str) -> np.ndarray:
+    fast = _fast_paths()
+    path = fast.path_of(spec, x.dtype, out)
+    if path is not None:
+        return fast.fake_quant(path, spec, x)
     res, okind, op = _out_array(x.shape, out)
     if not isinstance(spec, BlockFormat):
         nans = _fq_elem(x, res, element_params(spec), element_table(spec), *_seed_args(seed), okind, op)

@@ -286,7 +286,10 @@ def _tensor_scale(spec: BlockFormat, x: np.ndarray) -> Fraction | None:
     if amax == 0:
         return Fraction(1)
     target = Fraction(spec.element.max_value) * Fraction(spec.scale_max)
-    return decode_exact(F32, round_to(F32, amax / target))  # type: ignore[return-value]
+    ts = decode_exact(F32, round_to(F32, amax / target))
+    # fl32 underflows to 0 when amax < target * 2^-150 and overflows for huge float64
+    # input: keep ts within the positive finite float32 values.
+    return min(max(ts, Fraction(2) ** -149), decode_exact(F32, F32.max_code))  # type: ignore[return-value]
 
 
 def _block_quantize_exact(spec: BlockFormat, x: np.ndarray, seed: int | None) -> Parts:
@@ -377,8 +380,9 @@ def _block_dequantize_exact(spec: BlockFormat, parts: Parts, out: str) -> np.nda
 # per_tensor_amax_to_scale, dequantize) step by step. numpy float32 operations are
 # correctly rounded, like torch's on the CPU. Element casts are RNE with
 # saturation (torchao's bit-twiddling casts agree with that on every non-NaN
-# input); codes of elements inside NaN blocks are not meaningful in torchao and
-# are written as this backend's element encoding of the scaled value.
+# input); codes of elements inside NaN blocks are not meaningful in torchao (its
+# casts turn NaN into arbitrary codes) and are written as this backend's encoding
+# of the scaled value, code 0 where that is NaN.
 
 
 def _f32(a: Any) -> np.ndarray:

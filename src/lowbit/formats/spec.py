@@ -297,7 +297,8 @@ class ExpScaleFormat:
 class TensorScale:
     """A second-level float32 scale for the whole tensor (NVFP4 two-level).
 
-    ts = fl32(amax_tensor / (element max * scale max)); 1 when amax is 0.
+    ts = fl32(amax_tensor / (element max * scale max)); 1 when amax is 0; clamped
+    to [2^-149, largest float32] where fl32 would underflow to 0 or overflow.
     ``amax``: ``finite`` takes the maximum over finite values (a NaN or Inf only
     spoils its own block); ``all`` propagates NaN/Inf into ts (torchao).
     """
