@@ -35,7 +35,7 @@ import lowbit
 from lowbit import formats
 from lowbit.emulate import BackendUnavailable, Quantized, available_backends, dequantize, quantize
 from lowbit.emulate.api import pack_codes
-from lowbit.formats.spec import BlockFormat
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat
 from lowbit.registry import BUILTIN_PLUGINS, UnknownNameError, registry
 
 #: NVFP4's second-level scale is one float32 for the whole tensor.
@@ -79,7 +79,7 @@ class _Parser(argparse.ArgumentParser):
 def format_info(name: str) -> dict[str, Any]:
     """One row of ``lowbit formats``: layout, storage cost, backends and plugin of ``name``."""
     spec = formats.get(name)
-    block = isinstance(spec, BlockFormat)
+    block = isinstance(spec, BLOCK_SPECS)
     element = spec.element if block else spec
     return {
         "name": name,

@@ -21,7 +21,7 @@ from attrs import frozen
 
 from lowbit.emulate.backends import Parts, backend_for
 from lowbit.formats import resolve
-from lowbit.formats.spec import BlockFormat
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, Formatbook
 
 try:  # torch is a hard dependency, but keep numpy-only use cheap to import
     import torch
@@ -42,6 +42,7 @@ class Quantized:
     tensor_scale the float32 per-tensor scale, or None
     nan_mask     packed bits marking NaN inputs of element formats without a
                  NaN code (policy ``nan='keep'``), or None
+    dialect_ids  formatbooks: the dialect each block chose, shape (rows, blocks)
     seed         the seed stochastic rounding used (None otherwise)
     """
 
@@ -56,21 +57,26 @@ class Quantized:
     scales: np.ndarray | None = None
     tensor_scale: float | None = None
     nan_mask: np.ndarray | None = None
+    dialect_ids: np.ndarray | None = None
     seed: int | None = None
 
     @property
     def element(self) -> Any:
-        return self.spec.element if isinstance(self.spec, BlockFormat) else self.spec
+        """The format of the stored codes."""
+        return code_format(self.spec)
 
     def unpacked_codes(self) -> np.ndarray:
         """The element codes, one per element, shape (rows, n)."""
         return unpack_codes(self.codes, self.element, self.n)
 
     def nbytes(self) -> int:
-        """Bytes of storage: packed codes, scale codes (at their bit width) and tensor scale."""
+        """Bytes of storage: packed codes, scale codes and dialect ids (at their bit widths),
+        tensor scale."""
         total = self.codes.nbytes
         if self.scale_codes is not None:
             total += (self.scale_codes.size * self.spec.scale.bits + 7) // 8
+        if self.dialect_ids is not None:
+            total += (self.dialect_ids.size * self.spec.dialect_id_bits + 7) // 8
         if self.tensor_scale is not None:
             total += 4
         return total
@@ -81,6 +87,13 @@ class Quantized:
 
 # ---------------------------------------------------------------------------
 # packing
+
+
+def code_format(spec: Any) -> Any:
+    """The format whose codes a quantized ``spec`` stores (its element, or its code view)."""
+    if isinstance(spec, Formatbook):
+        return spec.code_format
+    return spec.element if isinstance(spec, BlockFormat) else spec
 
 
 def pack_codes(codes: np.ndarray, element: Any) -> np.ndarray:
@@ -185,7 +198,7 @@ def _unlayout(y: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
 
 
 def _resolve_seed(spec: Any, seed: int | None, deterministic: bool) -> int | None:
-    element = spec.element if isinstance(spec, BlockFormat) else spec
+    element = code_format(spec)
     if element.rounding != "stochastic":
         return None
     if seed is None:
@@ -224,10 +237,10 @@ def _prepare(x: Any, fmt: Any, axis: int | None) -> tuple[Any, str, str, np.ndar
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if axis is None:
-        axis = spec.axis if isinstance(spec, BlockFormat) else -1
+        axis = spec.axis if isinstance(spec, BLOCK_SPECS) else -1
     ax = _normalize_axis(axis, arr.ndim)
     x2 = _layout(arr, ax)
-    if isinstance(spec, BlockFormat) and spec.padding == "error" and x2.shape[1] % spec.block_size:
+    if isinstance(spec, BLOCK_SPECS) and spec.padding == "error" and x2.shape[1] % spec.block_size:
         raise ValueError(
             f"format {spec.name!r} has padding='error' and block_size={spec.block_size}, "
             f"which does not divide the length {x2.shape[1]} of axis {ax}"
@@ -258,7 +271,7 @@ def quantize(
     spec, container, kind, x2, ax, shape = _prepare(x, fmt, axis)
     s = _resolve_seed(spec, seed, deterministic)
     parts = backend_for(spec, _check_backend_name(backend)).quantize(spec, x2, seed=s)
-    element = spec.element if isinstance(spec, BlockFormat) else spec
+    element = code_format(spec)
     return Quantized(
         spec=spec,
         shape=shape,
@@ -271,6 +284,7 @@ def quantize(
         scales=parts.scales,
         tensor_scale=parts.tensor_scale,
         nan_mask=None if parts.nan_mask is None else np.packbits(parts.nan_mask, axis=-1),
+        dialect_ids=parts.dialect_ids,
         seed=s,
     )
 
@@ -294,6 +308,7 @@ def dequantize(q: Quantized, *, backend: str = "auto", dtype: str | None = None)
         scales=q.scales,
         tensor_scale=q.tensor_scale,
         nan_mask=nan_mask,
+        dialect_ids=q.dialect_ids,
     )
     y = backend_for(q.spec, _check_backend_name(backend)).dequantize(q.spec, parts, kind)
     return _from_result(_unlayout(y, _moved_shape_source(q.shape), q.axis).reshape(q.shape), q.container, kind)

@@ -12,7 +12,8 @@ A backend module provides, each taking the spec first:
 ``quantize(spec, x, *, seed) -> Parts``
     x: C-contiguous float32 or float64 array of shape (rows, n), the block axis
     last. Returns unpacked codes (rows, n) and, for block formats, scale codes,
-    scale values (rows, blocks) and the tensor scale.
+    scale values (rows, blocks) and the tensor scale; for formatbooks also the
+    dialect id of every block (rows, blocks).
 ``dequantize(spec, parts, out) -> ndarray``
     ``out`` names the output format: "float16", "bfloat16", "float32" or
     "float64"; float16/bfloat16 results are returned as uint16 bit patterns.
@@ -73,6 +74,7 @@ class Parts:
     scales: np.ndarray | None = None
     tensor_scale: float | None = None
     nan_mask: np.ndarray | None = None
+    dialect_ids: np.ndarray | None = None
 
     def replace(self, **kw: Any) -> "Parts":
         return attrs.evolve(self, **kw)

@@ -39,6 +39,7 @@ from lowbit.formats.spec import (
     CodebookFormat,
     ExpScaleFormat,
     FloatFormat,
+    Formatbook,
     IntFormat,
 )
 
@@ -785,7 +786,16 @@ def _fast_paths() -> ModuleType:
     return _numba_fast
 
 
+def _dialect_kernels() -> ModuleType:
+    """Formatbook kernels (:mod:`lowbit.emulate._numba_dialect`), imported on first use."""
+    from lowbit.emulate import _numba_dialect
+
+    return _numba_dialect
+
+
 def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
+    if isinstance(spec, Formatbook):
+        return _dialect_kernels().quantize(spec, x)
     fast = _fast_paths()
     path = fast.path_of(spec, x.dtype, None)
     if path is not None:
@@ -816,6 +826,8 @@ def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
 
 
 def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
+    if isinstance(spec, Formatbook):
+        return _dialect_kernels().dequantize(spec, parts, out)
     codes = parts.codes
     res, okind, op = _out_array(codes.shape, out)
     if not isinstance(spec, BlockFormat):
@@ -835,6 +847,8 @@ def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
 
 
 def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str) -> np.ndarray:
+    if isinstance(spec, Formatbook):
+        return _dialect_kernels().fake_quant(spec, x, out)
     fast = _fast_paths()
     path = fast.path_of(spec, x.dtype, out)
     if path is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.emulate import reference_dialect
 from lowbit.emulate.backends import Parts
 from lowbit.formats.spec import (
     BF16,
@@ -26,6 +27,7 @@ from lowbit.formats.spec import (
     CodebookFormat,
     ExpScaleFormat,
     FloatFormat,
+    Formatbook,
     IntFormat,
     decode_exact,
 )
@@ -252,7 +254,7 @@ def _block_ranges(n: int, bs: int) -> list[tuple[int, int]]:
     return [(s, min(s + bs, n)) for s in range(0, n, bs)]
 
 
-def _exp_scale(spec: BlockFormat, amax: Fraction | float) -> int:
+def _exp_scale(spec: BlockFormat | Formatbook, amax: Fraction | float) -> int:
     """Unbiased exponent k of the power-of-two block scale 2^k."""
     sf: ExpScaleFormat = spec.scale  # type: ignore[assignment]
     elem = spec.element
@@ -494,6 +496,8 @@ def _torchao_dequantize(spec: BlockFormat, parts: Parts, out: str) -> np.ndarray
 
 
 def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
+    if isinstance(spec, Formatbook):
+        return reference_dialect.quantize(spec, x)
     if not isinstance(spec, BlockFormat):
         return _element_quantize(spec, x, seed)
     if spec.arithmetic == "torchao":
@@ -502,6 +506,8 @@ def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
 
 
 def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
+    if isinstance(spec, Formatbook):
+        return reference_dialect.dequantize(spec, parts, out)
     if not isinstance(spec, BlockFormat):
         return _element_dequantize(spec, parts, out)
     if spec.arithmetic == "torchao":

@@ -11,6 +11,7 @@ from typing import Any
 
 from lowbit.formats.spec import (
     BF16,
+    E5M0,
     E8M0,
     F16,
     F32,
@@ -20,12 +21,25 @@ from lowbit.formats.spec import (
     ExpScaleFormat,
     FloatFormat,
     Format,
+    Formatbook,
     IntFormat,
     TensorScale,
     decode_exact,
     evolve,
 )
 from lowbit.registry import registry
+
+
+def dialect_histogram(q: Any) -> Any:
+    """Blocks per dialect id of a quantized Formatbook tensor (an int64 array, one entry per dialect).
+
+    The per-block choice itself is ``q.dialect_ids`` (shape (rows, blocks)).
+    """
+    import numpy as np
+
+    if not isinstance(getattr(q, "spec", None), Formatbook) or q.dialect_ids is None:
+        raise TypeError("dialect_histogram needs a Quantized tensor of a Formatbook format")
+    return np.bincount(q.dialect_ids.ravel().astype(np.int64), minlength=len(q.spec.dialects))
 
 
 def get(name: str) -> Any:
@@ -45,6 +59,7 @@ def resolve(fmt: Any) -> Any:
 
 __all__ = [
     "BF16",
+    "E5M0",
     "E8M0",
     "F16",
     "F32",
@@ -54,6 +69,8 @@ __all__ = [
     "ExpScaleFormat",
     "FloatFormat",
     "Format",
+    "Formatbook",
+    "dialect_histogram",
     "IntFormat",
     "TensorScale",
     "decode_exact",

@@ -13,6 +13,8 @@ Scale formats
     (a ``FloatFormat`` such as E4M3 also serves as a scale format)
 Block formats
     ``BlockFormat``    element + block size + scale + scale rule (+ tensor scale)
+    ``Formatbook``     per-block choice among "dialects" (codebooks on a fixed
+                       grid) with a shared power-of-two exponent (BlockDialect)
 
 Policy vocabulary (documented once here, used by every backend):
 
@@ -384,8 +386,195 @@ class BlockFormat:
         return self.element.rounding
 
 
-Format = Union[FloatFormat, IntFormat, CodebookFormat, BlockFormat]
-SPEC_TYPES = (FloatFormat, IntFormat, CodebookFormat, BlockFormat)
+Selection = Literal["mse", "two_stage", "lut"]
+FixedPoint = Literal["nearest", "truncate"]
+PairTie = Literal["lower_id", "higher_id"]
+DialectRounding = Literal["nearest_even"]
+DialectInfBlock = Literal["nan", "saturate", "inf_amax"]
+
+
+def _dialect_table(rows: object) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in row) for row in rows)  # type: ignore[attr-defined]
+
+
+@frozen(kw_only=True)
+class Formatbook:
+    """Blocks choose their own codebook ("dialect") from ``dialects`` (BlockDialect).
+
+    Source: BlockDialect (Jang and Tambe, arXiv 2501.01144, no public code).
+    "Reported" parts come from descriptions of the paper (the DialectFP4 table,
+    the 5-bit exponent, the two-stage rule and its example); "decided" parts are
+    this project's choice where the sources are silent. Numerics:
+
+    dialects
+        each a tuple of ``2^index_bits`` strictly ascending integers, the first 0:
+        magnitudes in units of ``grid`` (DialectFP4: half-units 0..15). An element
+        is a sign bit plus the index into its block's dialect; ``dialect_id_bits``
+        = ceil(log2(number of dialects)) per block.
+    shared exponent
+        k = floor(log2(amax)) - emax, from the float's bits, clamped to the scale
+        format's exponent range; emax = floor(log2(largest grid value)) (2 for the
+        half-unit grid: scaled magnitudes |x| / 2^k lie in [0, 8), the block
+        maximum in [4, 8)). Scaled magnitudes above 2^(emax+1) (only when k was
+        clamped, or an Inf under ``inf_block="saturate"``) count as 2^(emax+1).
+    selection
+        ``mse``: the dialect with the least sum of squared errors of the exact
+        scaled magnitudes, ties to the lowest id. ``two_stage`` (reported, for
+        activations): magnitudes to fixed point on the half-grid (``grid / 2``,
+        2^(emax+2)/grid levels: 5 bits for DialectFP4) by ``fixed_point``; the
+        largest level truncated to the grid (clamped to the range of pair
+        maxima) picks the pair of dialects sharing that maximum; then each
+        dialect counts the levels in its beneficial range and the larger count
+        wins (``pair_tie`` on equal counts). The beneficial range of a dialect
+        of a pair is the set of cells, in the merged value set of the pair,
+        of the values only that dialect has; a cell is the half-open interval
+        between the midpoints to its neighbours, lower end inclusive. For the
+        pair (5.0 vs 4.0, maximum 6.5) that is [4.5, 5.75) and [3.5, 4.5).
+        ``lut``: ERR[level][dialect] (squared error of the level's grid value)
+        and IDX[level][dialect] (its nearest index); the block's dialect is the
+        argmin of the summed ERR (ties to the lowest id) and each element's index
+        is IDX of its level: exhaustive least squares on the fixed-point values.
+    fixed_point
+        ``nearest`` (decided default: ties to the even level) or ``truncate``;
+        both saturate at the largest level.
+    rounding
+        elements (``mse``, ``two_stage``) round the exact scaled magnitude to
+        the nearest value of the block's dialect, ties to the even index
+        (decided), saturating at the dialect's maximum.
+    nan_block / inf_block / zero_block / padding
+        as :class:`BlockFormat`. A NaN block whose scale format has no NaN code
+        (the 5-bit exponent) gets scale code 0, a NaN scale value and a NaN mask
+        over its elements, so the stored tensor still says NaN.
+    """
+
+    name: str
+    dialects: tuple[tuple[int, ...], ...] = field(converter=_dialect_table)
+    grid: float = 0.5
+    block_size: int = 32
+    axis: int = -1
+    scale: ExpScaleFormat = field(factory=lambda: E5M0)
+    selection: str = _policy(Selection, "selection", "mse")
+    fixed_point: str = _policy(FixedPoint, "fixed_point", "nearest")
+    pair_tie: str = _policy(PairTie, "pair_tie", "lower_id")
+    rounding: str = _policy(DialectRounding, "rounding", "nearest_even")
+    nan_block: str = _policy(NanBlock, "nan_block", "nan")
+    inf_block: str = _policy(DialectInfBlock, "inf_block", "nan")
+    zero_block: str = _policy(ZeroBlock, "zero_block", "min_scale")
+    padding: str = _policy(Padding, "padding", "zero")
+    nibble_order: str = _policy(NibbleOrder, "nibble_order", "low_first")
+
+    def __attrs_post_init__(self) -> None:
+        name, d = self.name, self.dialects
+        if self.block_size < 1:
+            raise ValueError(f"{name}: block_size must be positive, got {self.block_size}")
+        if not isinstance(self.scale, ExpScaleFormat):
+            raise ValueError(f"{name}: the shared scale must be a power of two (an ExpScaleFormat)")
+        if self.zero_block != "min_scale":
+            raise ValueError(f"{name}: a power-of-two scale has no zero; zero_block must be 'min_scale'")
+        g = Fraction(self.grid)
+        if g <= 0 or 1 not in (g.numerator, g.denominator) or (g.numerator * g.denominator) & (g.numerator * g.denominator - 1):
+            raise ValueError(f"{name}: grid must be a power of two, got {self.grid}")
+        if not d:
+            raise ValueError(f"{name}: need at least one dialect")
+        n = len(d[0])
+        if n < 2 or n & (n - 1) or n > 128:
+            raise ValueError(f"{name}: a dialect needs a power-of-two number (2..128) of magnitudes, got {n}")
+        for i, row in enumerate(d):
+            if len(row) != n:
+                raise ValueError(f"{name}: dialect {i} has {len(row)} magnitudes, dialect 0 has {n}")
+            if row[0] != 0 or any(b <= a for a, b in zip(row, row[1:])):
+                raise ValueError(f"{name}: dialect {i} {row} must start at 0 and strictly increase")
+        if max(r[-1] for r in d) > 255:
+            raise ValueError(f"{name}: magnitudes must be at most 255 grid units")
+        if self.selection == "two_stage":
+            self._check_two_stage()
+
+    def _check_two_stage(self) -> None:
+        name, d = self.name, self.dialects
+        if len(d) % 2:
+            raise ValueError(f"{name}: two_stage selection needs dialects in pairs, got {len(d)} dialects")
+        maxima = []
+        for p in range(0, len(d), 2):
+            a, b = d[p], d[p + 1]
+            if a[-1] != b[-1]:
+                raise ValueError(f"{name}: two_stage pairs share a maximum; dialects {p} and {p + 1} end in {a[-1]} and {b[-1]}")
+            if a == b:
+                raise ValueError(f"{name}: two_stage pair {p}, {p + 1} has two equal dialects")
+            maxima.append(a[-1])
+        if len(set(maxima)) != len(maxima):
+            raise ValueError(f"{name}: two_stage pairs need distinct maxima, got {maxima}")
+        top = self.grid_units  # scaled magnitudes are below top * grid
+        need = set(range(top // 2, top))
+        if not need <= set(maxima):
+            raise ValueError(
+                f"{name}: two_stage needs a pair for every truncated block maximum {sorted(need)} (grid units); "
+                f"pair maxima are {sorted(maxima)}"
+            )
+        if set(maxima) - need:
+            raise ValueError(f"{name}: two_stage pair maxima {sorted(set(maxima) - need)} can never be picked")
+
+    @property
+    def grid_units(self) -> int:
+        """2^(emax+1) / grid: the scaled range [0, 2^(emax+1)) in grid units (16 for DialectFP4)."""
+        top = max(r[-1] for r in self.dialects) + 1
+        return 1 << (top - 1).bit_length()
+
+    @property
+    def element(self) -> CodebookFormat:
+        """Every grid value below 2^(emax+1) as one signed codebook (the values any dialect can take)."""
+        return CodebookFormat(
+            name=f"{self.name}_grid",
+            magnitudes=tuple(float(u * Fraction(self.grid)) for u in range(self.grid_units)),
+        )
+
+    @property
+    def code_format(self) -> CodebookFormat:
+        """The stored element code: sign bit + index bits (the values depend on the block's dialect)."""
+        return CodebookFormat(
+            name=f"{self.name}_code",
+            magnitudes=tuple(float(u * Fraction(self.grid)) for u in self.dialects[0]),
+            nibble_order=self.nibble_order,
+        )
+
+    @property
+    def emax(self) -> int:
+        return self.element.emax
+
+    @property
+    def index_bits(self) -> int:
+        return len(self.dialects[0]).bit_length() - 1
+
+    @property
+    def dialect_id_bits(self) -> int:
+        return (len(self.dialects) - 1).bit_length()
+
+    @property
+    def levels(self) -> int:
+        """Fixed-point levels of two_stage / lut selection (step grid / 2): 32 for DialectFP4."""
+        return 2 * self.grid_units
+
+    @property
+    def bits(self) -> float:
+        """Storage bits per element: code, plus exponent and dialect id spread over the block."""
+        return 1 + self.index_bits + (self.scale.bits + self.dialect_id_bits) / self.block_size
+
+    @property
+    def scale_rule(self) -> str:
+        return "floor"
+
+    @property
+    def tensor_scale(self) -> None:
+        return None
+
+    @property
+    def arithmetic(self) -> str:
+        return "exact"
+
+
+Format = Union[FloatFormat, IntFormat, CodebookFormat, BlockFormat, Formatbook]
+SPEC_TYPES = (FloatFormat, IntFormat, CodebookFormat, BlockFormat, Formatbook)
+#: Specs whose elements come in blocks along ``axis`` with per-block scales.
+BLOCK_SPECS = (BlockFormat, Formatbook)
 
 
 def evolve(spec, **changes):
@@ -434,6 +623,10 @@ def decode_exact(fmt: ElementFormat, code: int) -> Fraction | float:
 
 #: OCP MX v1.0 scale: 2^(code - 127), code 255 is NaN.
 E8M0 = ExpScaleFormat(name="e8m0", ebits=8, bias=127, nan_code=255)
+
+#: 5-bit exponent with FP16's bias (BlockDialect's shared exponent, reported):
+#: 2^(code - 15), codes 0..31, no NaN code.
+E5M0 = ExpScaleFormat(name="e5m0", ebits=5, bias=15, nan_code=None)
 
 #: IEEE output formats; the emulators round their results into these once.
 F16 = FloatFormat(name="float16", ebits=5, mbits=10, special="ieee", overflow="inf")

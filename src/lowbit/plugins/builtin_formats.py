@@ -6,13 +6,20 @@ default. Block formats: MX (OCP MX v1.0: block 32, E8M0 scale, ``floor`` rule
 with the exponent from the float bits), NVFP4 (block 16, E4M3 scale, float32
 tensor scale, exact numerics) and presets named after the stack they reproduce
 bit for bit (``@torchao`` = torchao 0.18, ``@ml_dtypes`` = ml_dtypes 0.6).
+
+Formatbooks (BlockDialect, arXiv 2501.01144): ``dialectfp4`` is the reported
+16-dialect DialectFP4 table with 5-bit shared exponents and the two-stage
+selection the paper uses for activations; weights are meant to use
+``dialectfp4_mse`` (least squared error per block, as reported for weights).
+``block_dialect_16/32/64`` are the same table with least-squares selection at
+block sizes 16, 32 and 64.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from lowbit.formats.spec import E8M0, BlockFormat, FloatFormat, IntFormat, TensorScale, evolve
+from lowbit.formats.spec import E8M0, BlockFormat, FloatFormat, Formatbook, IntFormat, TensorScale, evolve
 from lowbit.hookspecs import hookimpl
 
 FP4_E2M1 = FloatFormat(name="fp4_e2m1", ebits=2, mbits=1)
@@ -83,7 +90,26 @@ TORCHAO_PRESETS = (
     ),
 )
 
-BUILTIN_FORMATS = (*ELEMENTS, *ML_DTYPES_PRESETS, *MX, NVFP4, *TORCHAO_PRESETS)
+# DialectFP4 (reported), in half-units: index 0..5 shared (0, 0.5, 1, 1.5, 2, 3),
+# the two largest per dialect; pairs (2i, 2i+1) share a maximum, 7.5 down to 4.0.
+# Dialect 7 is E2M1. Dialect 15 is reported with 2.5 at index 5 (least certain row).
+DIALECTFP4_TABLE = (
+    (0, 1, 2, 3, 4, 6, 11, 15), (0, 1, 2, 3, 4, 6, 9, 15),
+    (0, 1, 2, 3, 4, 6, 11, 14), (0, 1, 2, 3, 4, 6, 9, 14),
+    (0, 1, 2, 3, 4, 6, 10, 13), (0, 1, 2, 3, 4, 6, 8, 13),
+    (0, 1, 2, 3, 4, 6, 10, 12), (0, 1, 2, 3, 4, 6, 8, 12),
+    (0, 1, 2, 3, 4, 6, 9, 11), (0, 1, 2, 3, 4, 6, 7, 11),
+    (0, 1, 2, 3, 4, 6, 9, 10), (0, 1, 2, 3, 4, 6, 7, 10),
+    (0, 1, 2, 3, 4, 6, 8, 9), (0, 1, 2, 3, 4, 6, 7, 9),
+    (0, 1, 2, 3, 4, 6, 7, 8), (0, 1, 2, 3, 4, 5, 6, 8),
+)  # fmt: skip
+
+DIALECTFP4 = Formatbook(name="dialectfp4", dialects=DIALECTFP4_TABLE, selection="two_stage")
+DIALECTFP4_MSE = evolve(DIALECTFP4, name="dialectfp4_mse", selection="mse")
+BLOCK_DIALECT = tuple(evolve(DIALECTFP4_MSE, name=f"block_dialect_{bs}", block_size=bs) for bs in (16, 32, 64))
+FORMATBOOKS = (DIALECTFP4, DIALECTFP4_MSE, *BLOCK_DIALECT)
+
+BUILTIN_FORMATS = (*ELEMENTS, *ML_DTYPES_PRESETS, *MX, NVFP4, *TORCHAO_PRESETS, *FORMATBOOKS)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ zero, subnormal, huge, Inf and NaN blocks) and on arrays Hypothesis draws from
 backends
     every listed backend equals the ``reference`` backend bit for bit (rtol=0,
     atol=0; NaN compared as NaN, signed zeros compared) on codes, scale codes,
-    scale values, tensor scale and NaN mask, and on dequantized values in every
+    scale values, tensor scale, NaN mask and (formatbooks) dialect ids, and on dequantized values in every
     output dtype; inputs in every dtype the spec takes (float16, bfloat16,
     float32, float64; float32 and bfloat16 for ``arithmetic="torchao"``).
 fake_quant
@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 
 import lowbit
 from lowbit.formats import resolve
-from lowbit.formats.spec import BlockFormat, CodebookFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, CodebookFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
 from lowbit.testing import strategies
 
 OUT_DTYPES = strategies.DTYPES
@@ -177,7 +177,7 @@ class _Case:
 
 
 def _raises_on_nan(spec: Any) -> bool:
-    return not isinstance(spec, BlockFormat) and not getattr(spec, "has_nan", False) and spec.nan == "raise"
+    return not isinstance(spec, BLOCK_SPECS) and not getattr(spec, "has_nan", False) and spec.nan == "raise"
 
 
 def _check_case(spec: Any, backends: tuple[str, ...], label: str, x: np.ndarray, seed: int) -> None:
@@ -211,7 +211,7 @@ def _check_backends(spec: Any, backends: tuple[str, ...], case: _Case, seed: int
         got = lowbit.quantize(x, spec, backend=b, seed=seed, axis=-1)
         case.same(f"{b} codes differ from reference", ref.unpacked_codes(), got.unpacked_codes())
         case.same(f"{b} packed codes differ from reference", ref.codes, got.codes)
-        for field in ("scale_codes", "scales", "nan_mask"):
+        for field in ("scale_codes", "scales", "nan_mask", "dialect_ids"):
             r, g = getattr(ref, field), getattr(got, field)
             if (r is None) != (g is None):
                 case.fail(f"{b} gives {field}={'None' if g is None else 'an array'}, reference does not")
@@ -231,7 +231,7 @@ def _check_backends(spec: Any, backends: tuple[str, ...], case: _Case, seed: int
 def _check_idempotent(spec: Any, backend: str, case: _Case, seed: int) -> None:
     """On float64 values: a narrow output dtype may round a result to Inf (65536 in
     float16), which is that dtype's rounding, not the format's."""
-    if isinstance(spec, BlockFormat) and (
+    if isinstance(spec, BLOCK_SPECS) and (
         spec.rounding == "stochastic"
         or spec.arithmetic != "exact"
         or not isinstance(spec.scale, ExpScaleFormat)
@@ -262,7 +262,7 @@ def _check_symmetric(spec: Any, backend: str, case: _Case, seed: int) -> None:
 
 
 def _check_monotonic(spec: Any, backend: str, case: _Case) -> None:
-    if isinstance(spec, BlockFormat) or spec.rounding == "stochastic":
+    if isinstance(spec, BLOCK_SPECS) or spec.rounding == "stochastic":
         return
     flat = case.x.ravel()
     flat = flat[~np.isnan(flat.astype(np.float64))]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
 
 DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
 
@@ -92,7 +92,7 @@ def special_values(kind: str) -> list[float]:
 
 def element_of(spec: Any) -> Any:
     """The element format of ``spec`` (the spec itself for element formats)."""
-    return spec.element if isinstance(spec, BlockFormat) else spec
+    return spec.element if isinstance(spec, BLOCK_SPECS) else spec
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,7 +240,7 @@ def arrays(draw: Callable[..., Any], spec: Any, kind: str = "float32", *, max_ro
     an extra row that pins the tensor scale to a power of two.
     """
     rows = draw(st.integers(1, max_rows))
-    if not isinstance(spec, BlockFormat):
+    if not isinstance(spec, BLOCK_SPECS):
         n = draw(st.integers(1, max_n))
         values = draw(st.lists(element_floats(spec, kind), min_size=rows * n, max_size=rows * n))
         return cast(values, kind).reshape(rows, n)
@@ -268,7 +268,7 @@ def arrays(draw: Callable[..., Any], spec: Any, kind: str = "float32", *, max_ro
 def examples(spec: Any, kind: str = "float32") -> dict[str, np.ndarray]:
     """Named 2-D arrays of dtype ``kind``: every tie, zeros, subnormals, huge values,
     Inf and NaN; for block formats each as whole blocks."""
-    if not isinstance(spec, BlockFormat):
+    if not isinstance(spec, BLOCK_SPECS):
         return {"ties": tie_values(spec, kind).reshape(1, -1), "specials": cast([special_values(kind)], kind)}
     return {name: cast(rows, kind) for name, rows in _block_examples(spec, kind).items()}
 
