@@ -85,6 +85,8 @@ def test_formats_json_describes_every_registered_format(capsys: pytest.CaptureFi
         "scale_rule": "floor",
         "bits_per_element": 4.25,
         "tensor_scale_bits": None,
+        # 4 + 8/32 with E8M0; 4 + 5/32 as the BlockDialect paper charges MXFP4
+        "bits_by_exponent": {"8-bit exponent": 4.25, "5-bit exponent": 4.15625},
         "plugin": "lowbit.plugins.builtin_formats",
         "spec": None,
         "backends": None,
@@ -92,6 +94,12 @@ def test_formats_json_describes_every_registered_format(capsys: pytest.CaptureFi
     nvfp4 = rows["nvfp4"]
     assert (nvfp4["bits_per_element"], nvfp4["tensor_scale_bits"], nvfp4["scale"]) == (4.5, 32, "fp8_e4m3")
     assert rows["nvfp4@torchao"]["tensor_scale_bits"] is None  # single-level preset
+    assert nvfp4["bits_by_exponent"] is None  # an E4M3 scale is not a bare exponent
+    # DialectFP4: 4-bit code + (exponent + 4-bit dialect id) / 32 per element; the
+    # format stores the 5-bit exponent: 4 + 9/32 = 4.28125, with E8M0 4 + 12/32.
+    dialect = rows["dialectfp4"]
+    assert dialect["bits_per_element"] == 4.28125
+    assert dialect["bits_by_exponent"] == {"8-bit exponent": 4.375, "5-bit exponent": 4.28125}
     int8 = rows["int8"]
     assert (int8["kind"], int8["block_size"], int8["bits_per_element"]) == ("element", None, 8)
     assert rows["mxfp6_e3m2_sr"]["plugin"] == "e3m2_sr"  # the example plugin, through its entry point

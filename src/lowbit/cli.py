@@ -35,11 +35,15 @@ import lowbit
 from lowbit import formats
 from lowbit.emulate import BackendUnavailable, Quantized, available_backends, dequantize, quantize
 from lowbit.emulate.api import pack_codes
-from lowbit.formats.spec import BLOCK_SPECS, BlockFormat
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat
 from lowbit.registry import BUILTIN_PLUGINS, UnknownNameError, registry
 
 #: NVFP4's second-level scale is one float32 for the whole tensor.
 TENSOR_SCALE_BITS = 32
+
+#: Widths a power-of-two block scale is charged in the two accountings in use:
+#: E8M0 (OCP MX v1.0) and the 5-bit exponent of the BlockDialect paper.
+EXPONENT_ACCOUNTINGS = (8, 5)
 
 #: The tensor name a ``.npy`` input gets inside a quantized file.
 NPY_TENSOR = "tensor"
@@ -93,6 +97,13 @@ def format_info(name: str) -> dict[str, Any]:
         # scale is one float per tensor, so it is reported beside, not averaged in.
         "bits_per_element": spec.bits,
         "tensor_scale_bits": TENSOR_SCALE_BITS if block and spec.tensor_scale is not None else None,
+        # Power-of-two scales are charged 8 bits by OCP MX (E8M0) and 5 bits by the
+        # BlockDialect paper; both accountings, labelled, so formats compare fairly.
+        "bits_by_exponent": (
+            {f"{b}-bit exponent": spec.bits_with_scale(b) for b in EXPONENT_ACCOUNTINGS}
+            if block and isinstance(spec.scale, ExpScaleFormat)
+            else None
+        ),
         "backends": available_backends(spec),
         "plugin": registry().formats.origin[name],
         "spec": attrs.asdict(spec),
@@ -101,9 +112,11 @@ def format_info(name: str) -> dict[str, Any]:
 
 def _bits_text(info: dict[str, Any]) -> str:
     """Bits per element as the table shows them, a tensor scale named beside."""
-    text = f"{info['bits_per_element']:g}"
+    text = f"{info['bits_per_element']:.4g}"
     if info["tensor_scale_bits"] is not None:
         text += f" + {info['tensor_scale_bits']}-bit tensor scale"
+    if info["bits_by_exponent"]:
+        text += " (" + ", ".join(f"{label}: {v:.4g}" for label, v in info["bits_by_exponent"].items()) + ")"
     return text
 
 

@@ -379,7 +379,12 @@ class BlockFormat:
     @property
     def bits(self) -> float:
         """Storage bits per element, the scale's bits spread over the block."""
-        return self.element.bits + self.scale.bits / self.block_size
+        return self.bits_with_scale(self.scale.bits)
+
+    def bits_with_scale(self, scale_bits: int) -> float:
+        """Bits per element if each block scale took ``scale_bits`` bits (to compare
+        accountings: the BlockDialect paper charges a 5-bit exponent, OCP MX 8)."""
+        return self.element.bits + scale_bits / self.block_size
 
     @property
     def rounding(self) -> str:
@@ -556,7 +561,11 @@ class Formatbook:
     @property
     def bits(self) -> float:
         """Storage bits per element: code, plus exponent and dialect id spread over the block."""
-        return 1 + self.index_bits + (self.scale.bits + self.dialect_id_bits) / self.block_size
+        return self.bits_with_scale(self.scale.bits)
+
+    def bits_with_scale(self, scale_bits: int) -> float:
+        """Bits per element if each shared exponent took ``scale_bits`` bits."""
+        return 1 + self.index_bits + (scale_bits + self.dialect_id_bits) / self.block_size
 
     @property
     def scale_rule(self) -> str:
