@@ -14,6 +14,47 @@ Bit-identical to :mod:`lowbit.emulate.reference_dialect`, computed differently:
   ``two_stage``: a table of beneficial-range membership per level and dialect
   and a table from the truncated block maximum to its pair. All tables are built
   from the reference's exact definitions.
+
+These generic kernels work on a list of blocks and are the single fallback of the
+float32 fast path below.
+
+Float32 fast path (``two_stage`` and ``lut`` selection; C-contiguous float32 input,
+float32 fake_quant output; block size a multiple of 16, 8 values per dialect, at
+most 32 dialects and 64 levels, exponent ranges where 2^(s - k) and every output
+value are normal float32, see ``_fast_tables``). Like the block fast paths of
+:mod:`lowbit.emulate._numba_fast` (whose helpers it uses), rows run in parallel
+from ``PARALLEL_MIN`` elements, a first pass finds each block's exponent and
+dialect and a second pass writes its elements; blocks holding a NaN or an Inf and
+the partial last block of a row go to the generic kernels. Why it is exact:
+
+* amax is the integer max of |x|'s bit patterns (``max_abs_bits``); the exponent
+  k comes from the generic ``_exp_scale``.
+* Levels are counted in units of grid / 2 (2^-s of a value unit).
+  u = |x| * 2^(s - k) is one float32 multiply by a power of two: exact unless u is
+  below 2^-126, and then u is far below the first level boundary (1/2) and the
+  first element threshold (1), so it gives level 0 and index 0 however it was
+  rounded. The fixed-point level is rint (ties to even) or floor of
+  min(u, levels - 1), exact on a float32; clamping u before rounding equals
+  clamping the level, and m = min(|x| / 2^k, 2^(emax+1)) is at most ``levels``.
+* two_stage: the level is monotone in |x|, so the block's largest level is the
+  level of amax; each dialect's beneficial range, as a set of levels, is a bit
+  mask, and the count difference is the sum of (mask_a >> level & 1) -
+  (mask_b >> level & 1).
+* lut: ERR rows (integers in (grid/2)^2 units, as the generic code) padded to 32
+  columns with a cost per element above every real entry, as uint16; the column
+  sums of a block stay below 2^16 (checked per spec), and ``lut_argmin`` returns
+  the least sum, ties to the lowest id, as the generic code.
+* Element index: the number of midpoints (between consecutive dialect values, in
+  level units, all integers) that v passes, where v = u for two_stage (the exact
+  scaled magnitude) and v = the level for lut (IDX is the nearest index of the
+  level's value). A tie at the midpoint of indices c and c + 1 goes up iff c is
+  odd (to the even index), so each midpoint becomes a float32 threshold T with
+  (v > T) == (v >= mid) or (v > mid) (``_threshold``). Saturation is built in: v
+  beyond the last midpoint takes the last index.
+* Output: the sum of the value steps of the passed thresholds (multiples of the
+  grid, exact) times 2^k, one exact float32 multiply (the value and 2^k are
+  normal float32 by the range check), with x's sign bit: zeros keep their sign.
+  Codes: the index plus the sign bit of x.
 """
 
 from __future__ import annotations
@@ -24,14 +65,30 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import prange
 
 from lowbit.emulate import reference_dialect as rd
+from lowbit.emulate._numba_fast import (
+    _ABS32,
+    _INF32_BITS,
+    _LANES,
+    _SIGN32,
+    _ZERO32,
+    _bits_f32,
+    _block_amax_bits,
+    _f32_bits,
+    _leave_tail,
+    _threshold,
+    threads_for,
+)
+from lowbit.emulate._numba_simd import LUT_WIDTH, lut_argmin
 from lowbit.emulate.backends import Parts
 from lowbit.emulate.numba_backend import INF_BLOCKS, _block_scan, _exp_scale, _out_array, _pow2, _store
 from lowbit.formats.spec import Formatbook
 
 _jit = numba.njit(cache=True, nogil=True)
 _helper = numba.njit(cache=True)
+_kernel = numba.njit(cache=True, nogil=True, parallel=True)
 
 SELECTIONS = {"mse": 0, "two_stage": 1, "lut": 2}
 _SPLIT = 30
@@ -183,38 +240,43 @@ def _is_neg(v):
     return v < 0.0 or (v == 0.0 and np.float64(v).view(np.int64) < 0)
 
 
-@_jit
-def _quantize(x, codes, scale_codes, scales, ids, mask, bp, fp, du, dv, err, idx, ben, pair):
-    rows, n = x.shape
+@_helper
+def _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair):
+    """Generic code of block b of row i; 1 if it is a NaN block without a NaN scale code."""
+    n = x.shape[1]
     bs = bp[0]
     top = _pow2(bp[10] + 1)
     sign = np.int64(1) << fp[4]
+    s = b * bs
+    e = min(s + bs, n)
+    nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
+    if nan:
+        scales[i, b] = np.nan
+        ids[i, b] = 0
+        scale_codes[i, b] = fp[5] if fp[5] >= 0 else 0
+        for j in range(s, e):
+            codes[i, j] = 0
+            mask[i, j] = fp[5] < 0
+        return np.int64(fp[5] < 0)
+    scale_codes[i, b] = k + bp[5]
+    scales[i, b] = _pow2(k)
+    ids[i, b] = d
+    for j in range(s, e):
+        v = np.float64(x[i, j])
+        c = _index(v, k, d, top, fp, dv, idx)
+        codes[i, j] = c | sign if _is_neg(v) else c
+        mask[i, j] = False
+    return np.int64(0)
+
+
+@_jit
+def _quantize(x, codes, scale_codes, scales, ids, mask, rows, blocks, bp, fp, du, dv, err, idx, ben, pair):
+    """The blocks (rows[t], blocks[t]) by the generic code; the number of NaN blocks
+    without a NaN scale code."""
     nans = 0
-    for i in range(rows):
-        for b in range(scale_codes.shape[1]):
-            s = b * bs
-            e = min(s + bs, n)
-            nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
-            if nan:
-                scales[i, b] = np.nan
-                ids[i, b] = 0
-                if fp[5] >= 0:
-                    scale_codes[i, b] = fp[5]
-                else:
-                    scale_codes[i, b] = 0
-                    nans += 1
-                for j in range(s, e):
-                    codes[i, j] = 0
-                    mask[i, j] = fp[5] < 0
-                continue
-            scale_codes[i, b] = k + bp[5]
-            scales[i, b] = _pow2(k)
-            ids[i, b] = d
-            for j in range(s, e):
-                v = np.float64(x[i, j])
-                c = _index(v, k, d, top, fp, dv, idx)
-                codes[i, j] = c | sign if _is_neg(v) else c
-                mask[i, j] = False
+    for t in range(rows.size):
+        i, b = rows[t], blocks[t]
+        nans += _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair)
     return nans
 
 
@@ -237,23 +299,204 @@ def _dequantize(codes, scales, ids, mask, out, bs, index_bits, dv, okind, op):
 
 
 @_jit
-def _fake_quant(x, out, bp, fp, du, dv, err, idx, ben, pair, okind, op):
-    rows, n = x.shape
+def _fake_quant(x, out, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, okind, op):
+    """The blocks (rows[t], blocks[t]) by the generic code."""
+    n = x.shape[1]
     bs = bp[0]
     top = _pow2(bp[10] + 1)
-    for i in range(rows):
-        for s in range(0, n, bs):
-            e = min(s + bs, n)
-            nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
-            for j in range(s, e):
-                if nan:
-                    v = np.nan
-                else:
-                    xv = np.float64(x[i, j])
-                    v = dv[d, _index(xv, k, d, top, fp, dv, idx)] * _pow2(k)
-                    if _is_neg(xv):
-                        v = -v
-                _store(out, i, j, v, okind, op)
+    for t in range(rows.size):
+        i = rows[t]
+        s = blocks[t] * bs
+        e = min(s + bs, n)
+        nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
+        for j in range(s, e):
+            if nan:
+                v = np.nan
+            else:
+                xv = np.float64(x[i, j])
+                v = dv[d, _index(xv, k, d, top, fp, dv, idx)] * _pow2(k)
+                if _is_neg(xv):
+                    v = -v
+            _store(out, i, j, v, okind, op)
+
+
+# ---------------------------------------------------------------------------
+# float32 fast path (two_stage and lut selection; see the module docstring)
+
+
+@functools.lru_cache(maxsize=64)
+def _fast_tables(spec: Formatbook) -> tuple[Any, ...] | None:
+    """(beneficial-range bit masks over the levels, padded ERR rows as uint16, element
+    thresholds, value steps) of the float32 fast path, or None when ``spec`` does not take it."""
+    sf = spec.scale
+    log2_grid = Fraction(spec.grid).numerator.bit_length() - Fraction(spec.grid).denominator.bit_length()
+    sh = 1 - log2_grid  # level units per value unit: 2^sh
+    ok = (
+        spec.selection in ("two_stage", "lut")
+        and spec.block_size % _LANES == 0
+        and len(spec.dialects[0]) == 8
+        and len(spec.dialects) <= LUT_WIDTH
+        and spec.levels <= 64
+        and -126 <= sh - sf.max_exp
+        and sh - sf.min_exp <= 127
+        and log2_grid + sf.min_exp >= -126
+        and spec.emax + 1 + sf.max_exp <= 127
+    )
+    if not ok:
+        return None
+    _bp, _fp, du, _dv, err, _idx, ben, _pair, _ni = _params(spec)
+    pad = int(err.max()) + 1
+    if spec.selection == "lut" and spec.block_size * pad >= 1 << 16:  # lut_argmin's column sums are 16-bit
+        return None
+    masks = (ben << np.arange(spec.levels, dtype=np.int64)[:, None]).sum(axis=0)
+    mids = (du[:, :-1] + du[:, 1:]).astype(np.float64)  # midpoints in level units (step = grid / 2)
+    up = np.arange(7) % 2  # a tie at the midpoint of indices c, c + 1 goes to the even index
+    thr = np.array([[_threshold(mids[d, c], float(up[c])) for c in range(7)] for d in range(du.shape[0])], np.float32)
+    steps = ((du[:, 1:] - du[:, :-1]) * spec.grid).astype(np.float32)
+    # padding columns cost more per element than any dialect's worst error, so a block's
+    # padded sum exceeds every real one
+    err16 = np.full((spec.levels, LUT_WIDTH), pad, np.uint16)
+    err16[:, : err.shape[1]] = err
+    return masks, err16.reshape(-1), thr, steps
+
+
+def _fast(spec: Formatbook, x: np.ndarray, out: str | None) -> tuple[Any, ...] | None:
+    if x.dtype != np.float32 or not x.flags.c_contiguous or out not in (None, "float32"):
+        return None
+    return _fast_tables(spec)
+
+
+@_helper
+def _level32(u, top, truncate):
+    """Fixed-point level (float32, integer-valued) of the scaled magnitude u in level units."""
+    t = min(u, top)
+    return np.floor(t) if truncate == 1 else np.rint(t)
+
+
+@_helper
+def _two_stage_count(xr, base, bs, inv, top, truncate, ma, mb):
+    """Levels of xr[base : base + bs] in the beneficial ranges of the pair's first dialect
+    (bit set in ``ma``) minus those in the second's (``mb``)."""
+    cnt = np.int64(0)
+    for j in range(bs):
+        lv = np.int64(_level32(_bits_f32(_f32_bits(xr[base + np.uint64(j)]) & _ABS32) * inv, top, truncate))
+        cnt += ((ma >> lv) & 1) - ((mb >> lv) & 1)
+    return cnt
+
+
+@_jit
+def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16):
+    """First pass of the fast path: exponent and dialect of each of row i's full blocks
+    (blocks holding NaN or Inf, and the partial last block, are marked in ``left``)."""
+    xr = x[i]
+    bs = bp[0]
+    top = np.float32(fp[3] - 1)
+    truncate = fp[1]
+    lvs = np.empty(bs, np.int32)
+    nleft = _leave_tail(left, i, xr.size, bs)
+    for b in range(xr.size // bs):
+        m = _block_amax_bits(xr, b * bs, bs)
+        if m >= _INF32_BITS:
+            left[i, b] = True
+            nleft += 1
+            continue
+        k = _exp_scale(bp, (0.0, 0.0, 0.0), np.float64(_bits_f32(m)), False)
+        inv = np.float32(_pow2(fp[7] - k))
+        base = np.uint64(b * bs)
+        if fp[0] == 1:  # two_stage: the pair from the top level, then the beneficial-range counts
+            p = pair[np.int64(_level32(_bits_f32(m) * inv, top, truncate)) >> 1]
+            cnt = _two_stage_count(xr, base, bs, inv, top, truncate, masks[p], masks[p + 1])
+            d = p if cnt > 0 else (p + 1 if cnt < 0 else p + fp[2])
+        else:  # lut: argmin over dialects of the summed ERR rows, ties to the lowest id
+            for j in range(bs):
+                lvs[j] = np.int32(_level32(_bits_f32(_f32_bits(xr[base + np.uint64(j)]) & _ABS32) * inv, top, truncate))
+            d = lut_argmin(err16, lvs, bs)
+        scale_codes[i, b] = k + bp[5]
+        scales[i, b] = _pow2(k)
+        ids[i, b] = d
+    return nleft
+
+
+@_jit
+def _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps):
+    """Second pass: q = sum of the value steps whose threshold the element passes, times 2^k."""
+    xr, orow = x[i], out[i]
+    bs = bp[0]
+    top = np.float32(fp[3] - 1)
+    lut = fp[0] == 2
+    for b in range(xr.size // bs):
+        if left[i, b]:
+            continue
+        k = np.int64(scale_codes[i, b]) - bp[5]
+        d = np.uint64(ids[i, b])
+        inv, sc = np.float32(_pow2(fp[7] - k)), np.float32(_pow2(k))
+        t0, t1, t2, t3, t4, t5, t6 = thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6]
+        i0, i1, i2, i3 = steps[d, 0], steps[d, 1], steps[d, 2], steps[d, 3]
+        i4, i5, i6 = steps[d, 4], steps[d, 5], steps[d, 6]
+        for c in range(bs // _LANES):
+            base = np.uint64(b * bs + c * _LANES)
+            for lane in range(_LANES):
+                j = base + np.uint64(lane)
+                xb = _f32_bits(xr[j])
+                u = _bits_f32(xb & _ABS32) * inv
+                v = _level32(u, top, fp[1]) if lut else u
+                q = i0 if v > t0 else _ZERO32
+                q = q + i1 if v > t1 else q
+                q = q + i2 if v > t2 else q
+                q = q + i3 if v > t3 else q
+                q = q + i4 if v > t4 else q
+                q = q + i5 if v > t5 else q
+                q = q + i6 if v > t6 else q
+                orow[j] = _bits_f32(_f32_bits(q * sc) | (xb & _SIGN32))
+
+
+@_jit
+def _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr):
+    """Second pass: the index is the number of thresholds the element passes."""
+    xr, crow = x[i], codes[i]
+    bs = bp[0]
+    top = np.float32(fp[3] - 1)
+    lut = fp[0] == 2
+    sign = np.int32(1) << fp[4]
+    for b in range(xr.size // bs):
+        if left[i, b]:
+            continue
+        k = np.int64(scale_codes[i, b]) - bp[5]
+        d = np.uint64(ids[i, b])
+        inv = np.float32(_pow2(fp[7] - k))
+        t0, t1, t2, t3, t4, t5, t6 = thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6]
+        for c in range(bs // _LANES):
+            base = np.uint64(b * bs + c * _LANES)
+            for lane in range(_LANES):
+                j = base + np.uint64(lane)
+                xb = _f32_bits(xr[j])
+                u = _bits_f32(xb & _ABS32) * inv
+                v = _level32(u, top, fp[1]) if lut else u
+                n = np.int32(v > t0) + np.int32(v > t1) + np.int32(v > t2) + np.int32(v > t3)
+                n += np.int32(v > t4) + np.int32(v > t5) + np.int32(v > t6)
+                crow[j] = n | sign if xb < 0 else n
+
+
+@_kernel
+def _fq_fast(x, out, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr, steps):
+    nleft = 0
+    for i in prange(x.shape[0]):
+        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16)
+        _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps)
+    return nleft
+
+
+@_kernel
+def _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr):
+    nleft = 0
+    for i in prange(x.shape[0]):
+        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16)
+        _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr)
+    return nleft
+
+
+# ---------------------------------------------------------------------------
+# entry points
 
 
 def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
@@ -264,8 +507,15 @@ def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
     scale_codes = np.empty((rows, nb), np.uint8)
     scales = np.empty((rows, nb), np.float64)
     ids = np.empty((rows, nb), np.uint8)
-    mask = np.empty((rows, n), np.bool_)
-    nans = _quantize(x, codes, scale_codes, scales, ids, mask, bp, fp, du, dv, err, idx, ben, pair)
+    mask = np.zeros((rows, n), np.bool_)
+    left = np.ones((rows, nb), np.bool_)
+    fast = _fast(spec, x, None)
+    if fast is not None:
+        masks, err16, thr, _steps = fast
+        left[:] = False
+        with threads_for(x.size):
+            _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr)
+    nans = _quantize(x, codes, scale_codes, scales, ids, mask, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair)
     return Parts(codes=codes, scale_codes=scale_codes, scales=scales, nan_mask=mask if nans else None, dialect_ids=ids)
 
 
@@ -280,5 +530,17 @@ def dequantize(spec: Formatbook, parts: Parts, out: str) -> np.ndarray:
 def fake_quant(spec: Formatbook, x: np.ndarray, out: str) -> np.ndarray:
     bp, fp, du, dv, err, idx, ben, pair, _ni = _params(spec)
     res, okind, op = _out_array(x.shape, out)
-    _fake_quant(x, res, bp, fp, du, dv, err, idx, ben, pair, okind, op)
+    rows, n = x.shape
+    nb = -(-n // spec.block_size)
+    fast = _fast(spec, x, out)
+    if fast is None:
+        left = np.ones((rows, nb), np.bool_)
+    else:
+        masks, err16, thr, steps = fast
+        left = np.zeros((rows, nb), np.bool_)
+        per_block = (np.empty((rows, nb), np.uint8), np.empty((rows, nb), np.float64), np.empty((rows, nb), np.uint8))
+        with threads_for(x.size):
+            if not _fq_fast(x, res, left, *per_block, bp, fp, pair, masks, err16, thr, steps):
+                return res
+    _fake_quant(x, res, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair, okind, op)
     return res

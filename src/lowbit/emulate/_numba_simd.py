@@ -1,11 +1,18 @@
-"""One explicit SIMD helper for the Numba kernels: the max of |x| over 64 bytes.
+"""Explicit SIMD helpers for the Numba kernels: the max of |x| over 64 bytes, and the
+argmin of summed lookup-table rows (:func:`lut_argmin`).
 
 LLVM's loop vectoriser handles long element-wise loops well, but not a max
 reduction over a short block (16 or 32 floats): with a runtime length it picks
 an interleave count longer than the block and runs the scalar loop, and with a
 constant length it unrolls the block and vectorises the loop over blocks with
-gathers. This intrinsic states the intended code directly: one 64-byte load, a
+gathers. ``max_abs_bits`` states the intended code directly: one 64-byte load, a
 mask, and LLVM's ``vector.reduce.umax`` (a few shuffles).
+
+Summing a 32-column table row per element (lookup-table dialect selection) has
+the same problem: written as Numba loops, the loop over elements is vectorised
+with gathers (one per column word and lane) or the accumulators live in memory;
+measured 4x slower than ``lut_argmin``, which keeps 32 16-bit sums in one vector
+register and adds each row with one 64-byte load.
 """
 
 from __future__ import annotations
@@ -47,5 +54,46 @@ def max_abs_bits(typingctx, arr, start, limit):
         reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.umax.v{lanes}i{width}")
         m = builder.call(reduce, [v])
         return builder.zext(m, ir.IntType(64)) if width < 64 else m
+
+    return sig, codegen
+
+
+LUT_WIDTH = 32  # columns of a lut_argmin table
+
+
+@intrinsic
+def lut_argmin(typingctx, table, rows, n):
+    """argmin over the 32 columns d of sum(table[rows[j] * 32 + d] for j < n), ties to the
+    lowest d. ``table`` is a C-contiguous 1-D uint16 array (rows of 32 entries), ``rows``
+    a C-contiguous 1-D int32 array of row numbers inside it; every column sum must stay
+    below 2^16 (the caller guarantees it). Returns an int64.
+
+    Each element adds its whole table row (64 bytes) to 32 accumulators with one vector
+    load and add; the key (sum << 5) | d then orders by sum first and id second, so one
+    ``vector.reduce.umin`` gives the argmin with its tie rule.
+    """
+    ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (table, rows))
+    if not (ok and table.dtype == types.uint16 and rows.dtype == types.int32):
+        return None
+    sig = types.int64(table, rows, types.int64)
+
+    def codegen(context, builder, signature, args):
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        tab = context.make_array(signature.args[0])(context, builder, args[0])
+        rws = context.make_array(signature.args[1])(context, builder, args[1])
+        vty = ir.VectorType(i16, LUT_WIDTH)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, [0] * LUT_WIDTH))
+        with cgutils.for_range(builder, args[2]) as loop:
+            r = builder.sext(builder.load(builder.gep(rws.data, [loop.index])), i64)
+            ptr = builder.bitcast(builder.gep(tab.data, [builder.mul(r, i64(LUT_WIDTH))]), vty.as_pointer())
+            builder.store(builder.add(builder.load(acc), builder.load(ptr, align=2)), acc)
+        wty = ir.VectorType(i32, LUT_WIDTH)
+        sums = builder.zext(builder.load(acc), wty)
+        ids = ir.Constant(wty, list(range(LUT_WIDTH)))
+        key = builder.or_(builder.shl(sums, ir.Constant(wty, [5] * LUT_WIDTH)), ids)
+        fnty = ir.FunctionType(i32, [wty])
+        reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.umin.v{LUT_WIDTH}i32")
+        best = builder.call(reduce, [key])
+        return builder.zext(builder.and_(best, i32(LUT_WIDTH - 1)), i64)
 
     return sig, codegen

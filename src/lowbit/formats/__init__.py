@@ -27,6 +27,7 @@ from lowbit.formats.spec import (
     decode_exact,
     evolve,
 )
+from lowbit.formats.learn import calibration_error, learn_formatbook
 from lowbit.registry import registry
 
 
@@ -70,12 +71,14 @@ __all__ = [
     "FloatFormat",
     "Format",
     "Formatbook",
+    "calibration_error",
     "dialect_histogram",
     "IntFormat",
     "TensorScale",
     "decode_exact",
     "evolve",
     "get",
+    "learn_formatbook",
     "names",
     "resolve",
 ]
