@@ -73,11 +73,11 @@ from lowbit.emulate._numba_fast import (
     _INF32_BITS,
     _LANES,
     _SIGN32,
-    _ZERO32,
     _bits_f32,
     _block_amax_bits,
     _f32_bits,
     _leave_tail,
+    _step_sum7,
     _threshold,
     threads_for,
 )
@@ -430,9 +430,8 @@ def _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps):
         k = np.int64(scale_codes[i, b]) - bp[5]
         d = np.uint64(ids[i, b])
         inv, sc = np.float32(_pow2(fp[7] - k)), np.float32(_pow2(k))
-        t0, t1, t2, t3, t4, t5, t6 = thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6]
-        i0, i1, i2, i3 = steps[d, 0], steps[d, 1], steps[d, 2], steps[d, 3]
-        i4, i5, i6 = steps[d, 4], steps[d, 5], steps[d, 6]
+        t = (thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6])
+        st = (steps[d, 0], steps[d, 1], steps[d, 2], steps[d, 3], steps[d, 4], steps[d, 5], steps[d, 6])
         for c in range(bs // _LANES):
             base = np.uint64(b * bs + c * _LANES)
             for lane in range(_LANES):
@@ -440,13 +439,7 @@ def _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps):
                 xb = _f32_bits(xr[j])
                 u = _bits_f32(xb & _ABS32) * inv
                 v = _level32(u, top, fp[1]) if lut else u
-                q = i0 if v > t0 else _ZERO32
-                q = q + i1 if v > t1 else q
-                q = q + i2 if v > t2 else q
-                q = q + i3 if v > t3 else q
-                q = q + i4 if v > t4 else q
-                q = q + i5 if v > t5 else q
-                q = q + i6 if v > t6 else q
+                q = _step_sum7(v, t, st)
                 orow[j] = _bits_f32(_f32_bits(q * sc) | (xb & _SIGN32))
 
 

@@ -338,6 +338,20 @@ def _minifloat_code(xb, mp):
 
 
 @_jit
+def _step_sum7(v, t, steps):
+    """The sum of the value steps whose threshold ``v`` passes: the nearest of 8 sorted
+    values, decided by exact float32 thresholds (built by :func:`_threshold`), as
+    one branch-free chain the loop vectoriser keeps in registers."""
+    q = steps[0] if v > t[0] else _ZERO32
+    q = q + steps[1] if v > t[1] else q
+    q = q + steps[2] if v > t[2] else q
+    q = q + steps[3] if v > t[3] else q
+    q = q + steps[4] if v > t[4] else q
+    q = q + steps[5] if v > t[5] else q
+    return q + steps[6] if v > t[6] else q
+
+
+@_jit
 def _threshold(t, up):
     """The float32 T with (a > T) == (a >= t if up else a > t) for every float32 a >= 0 (t > 0)."""
     f = np.float32(t)
@@ -560,21 +574,14 @@ def _fq_float_scale_row(x, out, left, codes_b, i, tab, ts, bs):
         if left[i, b]:
             continue
         c = np.uint64(codes_b[i, b])
-        t0, t1, t2, t3, t4, t5, t6 = tab[c, 0], tab[c, 1], tab[c, 2], tab[c, 3], tab[c, 4], tab[c, 5], tab[c, 6]
-        i0, i1, i2, i3, i4, i5, i6 = tab[c, 7], tab[c, 8], tab[c, 9], tab[c, 10], tab[c, 11], tab[c, 12], tab[c, 13]
+        t = (tab[c, 0], tab[c, 1], tab[c, 2], tab[c, 3], tab[c, 4], tab[c, 5], tab[c, 6])
+        steps = (tab[c, 7], tab[c, 8], tab[c, 9], tab[c, 10], tab[c, 11], tab[c, 12], tab[c, 13])
         for k in range(bs // _LANES):
             base = np.uint64(b * bs + k * _LANES)
             for lane in range(_LANES):
                 j = base + np.uint64(lane)
                 xb = _f32_bits(xr[j])
-                a = _bits_f32(xb & _ABS32)
-                q = i0 if a > t0 else _ZERO32
-                q = q + i1 if a > t1 else q
-                q = q + i2 if a > t2 else q
-                q = q + i3 if a > t3 else q
-                q = q + i4 if a > t4 else q
-                q = q + i5 if a > t5 else q
-                q = q + i6 if a > t6 else q
+                q = _step_sum7(_bits_f32(xb & _ABS32), t, steps)
                 orow[j] = _bits_f32(_f32_bits(q * ts32) | (xb & _SIGN32))
 
 
