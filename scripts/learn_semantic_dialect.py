@@ -1,4 +1,4 @@
-"""Learn the ``semantic_dialect`` formatbook (32 dialects on the half-unit grid).
+"""Learn the ``semantic_dialect`` formatbook (32 dialects on the quarter-unit grid).
 
 Usage::
 
@@ -18,11 +18,19 @@ per kind:
    placed) multiplied by a factor drawn uniformly from [4, 16), the shape of
    activation channels with outliers.
 
-The dialects are learned by :func:`lowbit.formats.learn_formatbook` with
-``method="greedy"`` (forward selection), block 32, 8 values per dialect, in the
-order greedy chose them (which is their id order). Swap refinement
-(``method="swap"``) lowered the calibration error of this mix by only about
-0.1% at three times the cost, so the shipped table is the greedy one.
+The dialects are learned by :func:`lowbit.formats.learn_formatbook` on the
+quarter-unit grid (values 0..31 quarter units, so 0..7.75) with
+``method="refine"``, block 32, 8 values per dialect: greedy forward selection on
+the half-unit grid (6434 candidates; the quarter grid has 2.6 million, too many
+to enumerate), each value doubled, then local-search passes of one-value moves
+on the quarter grid until a pass changes nothing (at most 20). The ids are the
+order greedy chose the starting dialects in.
+
+Why the quarter grid: on the half-unit grid no 32-dialect book reaches NVFP4 on
+Laplace or Student-t blocks (the grid is too coarse near zero; see
+benchmarks/bench_dialects.py and docs/performance.md); the quarter grid keeps
+4-bit elements and the same per-block bits, and costs 5-bit integer magnitudes
+in hardware instead of 4-bit ones.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from lowbit.formats import learn_formatbook
 
 BLOCK_SIZE = 32
 N_DIALECTS = 32
+GRID = 0.25
+MAX_PASSES = 20
 KINDS = ("gaussian", "laplace", "student_t3", "outlier")
 
 
@@ -55,10 +65,13 @@ def calibration_mix(blocks_per_kind: int = 4000, seed: int = 0) -> dict[str, np.
 
 
 def learn_semantic_dialect(blocks_per_kind: int = 4000, seed: int = 0, progress: bool = False) -> tuple[tuple[int, ...], ...]:
-    """The 32 learned dialects (half-units) for the calibration mix."""
+    """The 32 learned dialects (quarter units) for the calibration mix."""
     mix = calibration_mix(blocks_per_kind, seed)
     samples = np.concatenate([mix[k] for k in KINDS])
-    return learn_formatbook(samples, N_DIALECTS, grid=0.5, values_per_dialect=8, block_size=BLOCK_SIZE, method="greedy", progress=progress)
+    return learn_formatbook(
+        samples, N_DIALECTS, grid=GRID, values_per_dialect=8, block_size=BLOCK_SIZE, method="refine",
+        max_passes=MAX_PASSES, progress=progress,
+    )  # fmt: skip
 
 
 def format_table(table: tuple[tuple[int, ...], ...]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from lowbit.emulate import _numba_dialect
+from lowbit.emulate import SubFormatbooks, _numba_dialect
 from lowbit.emulate._numba_fast import PARALLEL_MIN
 from lowbit.formats import evolve, get, names
 from lowbit.formats.spec import E8M0, Formatbook
@@ -99,10 +99,10 @@ def _same(spec: Formatbook, x: np.ndarray, backend: str) -> None:
 @pytest.mark.parametrize("spec", FAST_SPECS, ids=_ids(FAST_SPECS))
 def test_specs_take_the_fast_path(spec: Formatbook) -> None:
     x = np.zeros((1, spec.block_size), np.float32)
-    assert _numba_dialect._fast(spec, x, "float32") is not None
-    assert _numba_dialect._fast(spec, x, None) is not None
-    assert _numba_dialect._fast(spec, x.astype(np.float64), "float32") is None
-    assert _numba_dialect._fast(spec, x, "float16") is None
+    assert _numba_dialect._fast(spec, x, "float32", None) is not None
+    assert _numba_dialect._fast(spec, x, None, None) is not None
+    assert _numba_dialect._fast(spec, x.astype(np.float64), "float32", None) is None
+    assert _numba_dialect._fast(spec, x, "float16", None) is None
 
 
 def test_other_specs_take_the_generic_kernels() -> None:
@@ -112,7 +112,7 @@ def test_other_specs_take_the_generic_kernels() -> None:
         evolve(DIALECTFP4, name="e8m0", scale=E8M0),  # 2^(s - k) leaves the float32 range
         evolve(DIALECTFP4, name="b24", block_size=24),
     ):
-        assert _numba_dialect._fast(spec, x, "float32") is None, spec.name
+        assert _numba_dialect._fast(spec, x, "float32", None) is None, spec.name
 
 
 @pytest.mark.parametrize("spec", FAST_SPECS, ids=_ids(FAST_SPECS))
@@ -134,14 +134,31 @@ def test_fast_path_equals_generic_on_a_million_elements(spec: Formatbook, monkey
     x[7] = 0.0
     x[8] = -0.0
     assert x.size >= PARALLEL_MIN
+    # lut: sub-formatbooks of 1, 2 and 5 dialects, one per row (the penalty rows of the fast path)
+    nd = len(spec.dialects)
+    groups = [[nd - 1], [0, 3], [1, 2, 5, 6, 9]]
+    sb = SubFormatbooks.from_dialects(groups, nd, ids=rng.integers(0, 3, (rows, 1))) if spec.selection == "lut" else None
     fast: dict[str, Any] = {
-        "fq": lowbit.fake_quant(x, spec, backend="numba"),
-        "q": lowbit.quantize(x, spec, backend="numba"),
+        "fq": lowbit.fake_quant(x, spec, backend="numba", subbooks=sb),
+        "q": lowbit.quantize(x, spec, backend="numba", subbooks=sb),
     }
     monkeypatch.setattr(_numba_dialect, "_fast", lambda *args: None)
-    generic_fq = lowbit.fake_quant(x, spec, backend="numba")
-    generic_q = lowbit.quantize(x, spec, backend="numba")
+    generic_fq = lowbit.fake_quant(x, spec, backend="numba", subbooks=sb)
+    generic_q = lowbit.quantize(x, spec, backend="numba", subbooks=sb)
     assert np.array_equal(fast["fq"].view(np.uint32), generic_fq.view(np.uint32))
     for name in ("codes", "scale_codes", "dialect_ids", "nan_mask"):
         assert np.array_equal(getattr(fast["q"], name), getattr(generic_q, name)), name
     assert np.array_equal(fast["q"].scales, generic_q.scales, equal_nan=True)
+
+
+def test_saturating_lut_sums_keep_the_argmin() -> None:
+    # semantic_dialect's largest ERR entry is 63^2 = 3969 (a cell centre at 127/16 against a
+    # dialect whose maximum is 4): a block of 32 such magnitudes sums to 127008 under that
+    # dialect, past where the fast path's 16-bit sums saturate (65535); the least sum is far
+    # below, so the choice and the codes still equal the exact reference
+    spec = get("semantic_dialect")
+    x = np.full((3, 32), 7.95, np.float32)
+    x[1, ::2] = -7.95
+    x[2, :16] = 4.6
+    assert any(r[-1] == 16 for r in spec.dialects)  # a dialect ending at 4 exists
+    _same(spec, x, "reference")

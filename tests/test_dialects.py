@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.emulate import reference_dialect
+from lowbit.emulate import SubFormatbooks, pack_bits, reference_dialect, unpack_bits
 from lowbit.formats import E5M0, E8M0, Formatbook, dialect_histogram, evolve, get
 
 # Transcribed from the DialectFP4 table (values, not half-units): id -> (idx6, idx7).
@@ -125,34 +125,51 @@ def test_mse_selection_and_its_ties(backend: str) -> None:
     assert np.signbit(y[0, 34])  # -0.0 keeps its sign bit
 
 
-def _exhaustive(levels: np.ndarray) -> tuple[int, np.ndarray]:
-    """Least squared error dialect (lowest id on ties) and values, on grid values."""
-    vals = levels * 0.25
-    best = None
-    for d in range(16):
-        table = np.array(_values(d))
-        dist = np.abs(vals[:, None] - table[None, :])
-        err = float(np.sum(np.min(dist, axis=1) ** 2))
-        if best is None or err < best[0]:
-            q = table[np.argmin(dist, axis=1)]  # ties to the lower index; only checked below
-            best = (err, d, q)
-    assert best is not None
-    return best[1], best[2]
+def _lut_by_hand(table: list[list[float]], step: float, mags: np.ndarray) -> tuple[int, np.ndarray]:
+    """Lookup-table selection written out from its definition: each magnitude's cell is
+    floor(m / step) (no saturation is needed below), the block's dialect the least summed
+    squared error of the cell centres (first minimum), each element the nearest value of
+    the dialect to the magnitude itself, a magnitude exactly on a midpoint going up."""
+    centres = (np.floor(mags / step) + 0.5) * step
+    errs = [float(np.sum(np.min(np.abs(centres[:, None] - np.array(t)[None, :]), axis=1) ** 2)) for t in table]
+    d = int(np.argmin(errs))
+    t = np.array(table[d])
+    mids = (t[:-1] + t[1:]) / 2
+    return d, t[np.searchsorted(mids, mags, side="right")]
 
 
+SEMANTIC = get("semantic_dialect")
+
+
+@pytest.mark.parametrize(
+    "spec, table",
+    [
+        (LUT, [_values(d) for d in range(16)]),  # the transcribed DialectFP4 table
+        (SEMANTIC, [[u * 0.25 for u in row] for row in SEMANTIC.dialects]),
+    ],
+    ids=["dialectfp4_lut", "semantic_dialect"],
+)
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.integers(0, 31), min_size=31, max_size=31), st.integers(16, 31))
-def test_lut_selection_equals_exhaustive_least_squares(levels: list[int], top: int) -> None:
-    lv = np.array([top, *levels])  # a level >= 16 puts the block maximum in [4, 8): k = 0
-    x = (lv * 0.25).astype(np.float32)[None, :]
-    want_d, want_vals = _exhaustive(lv)
-    q = lowbit.quantize(x, LUT, backend="numba")
-    assert q.dialect_ids[0, 0] == want_d
-    got = lowbit.dequantize(q, dtype="float64")[0]
-    # values equal the exhaustive nearest, except at exact ties of two neighbours
-    dist_got = np.abs(got - lv * 0.25)
-    np.testing.assert_array_equal(dist_got, np.abs(want_vals - lv * 0.25))
-    assert lowbit.quantize(x, get("dialectfp4_mse"), backend="numba").dialect_ids[0, 0] == want_d
+@given(data=st.data())
+def test_lut_selection_equals_exhaustive_least_squares(spec: Formatbook, table: list[list[float]], data: st.DataObject) -> None:
+    # magnitudes on the 1/8 sub-grid of each cell (midpoints between dialect values included),
+    # the first in [4, 8) so that the shared exponent is 0 and m = |x|
+    step = spec.grid / 2
+    cells = data.draw(st.lists(st.integers(0, 63), min_size=31, max_size=31))
+    sub = data.draw(st.lists(st.integers(0, 7), min_size=32, max_size=32))
+    top = data.draw(st.integers(int(4 / step), int(8 / step) - 1))
+    mags = (np.array([top, *cells]) % int(8 / step) + np.array(sub) / 8) * step
+    signs = np.array(data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=32, max_size=32)))
+    x = (signs * mags).astype(np.float32)[None, :]
+    want_d, want_vals = _lut_by_hand(table, step, mags)
+    for backend in ("numba", "reference"):
+        q = lowbit.quantize(x, spec, backend=backend)
+        assert q.dialect_ids[0, 0] == want_d
+        np.testing.assert_array_equal(lowbit.dequantize(q, dtype="float64")[0], signs * want_vals)
+    # the same block with every magnitude moved to its cell centre: least squares agrees
+    centres = ((np.floor(mags / step) + 0.5) * step).astype(np.float32)[None, :]
+    mse = evolve(spec, name="by_mse", selection="mse")
+    assert lowbit.quantize(centres, mse, backend="numba").dialect_ids[0, 0] == want_d
 
 
 @pytest.mark.parametrize("selection", ["mse", "two_stage", "lut"])
@@ -218,4 +235,147 @@ def test_two_stage_preconditions_are_checked() -> None:
         Formatbook(name="bad", dialects=((0, 2, 1, 3, 4, 5, 6, 7),))
     with pytest.raises(ValueError, match="fixed_point"):
         evolve(DIALECTFP4, fixed_point="round")
+    with pytest.raises(ValueError, match="truncates"):  # a rounded level can sit on a midpoint
+        evolve(DIALECTFP4, selection="lut", fixed_point="nearest")
+    with pytest.raises(ValueError, match="256 dialects"):
+        Formatbook(name="bad", dialects=tuple((0, 1, 2, 3, 4, 5, 6, 7 + i) for i in range(257)), grid=2**-6)
     Formatbook(name="ok", dialects=rows[:14])  # mse needs no pairs
+    # the level rule: two_stage rounds to nearest unless told, lut truncates
+    assert DIALECTFP4.fixed_point_rule == "nearest" and LUT.fixed_point_rule == "truncate"
+    assert evolve(DIALECTFP4, fixed_point="truncate").fixed_point_rule == "truncate"
+    # elements: ties to the even index, except lut's IDX, which sends a midpoint up
+    assert DIALECTFP4.rounding_rule == "nearest_even" and LUT.rounding_rule == "nearest_up"
+
+
+# ---------------------------------------------------------------------------
+# sub-formatbooks (per-block dialect masks) and packed storage
+
+MASKED = [LUT, get("dialectfp4_mse"), SEMANTIC]
+
+
+def _subbooks(n_dialects: int, rows: int, rng: np.random.Generator) -> SubFormatbooks:
+    # three random sub-formatbooks of 1, 3 and 6 dialects, one per row (per token)
+    groups = [rng.choice(n_dialects, size, replace=False).tolist() for size in (1, 3, 6)]
+    return SubFormatbooks.from_dialects(groups, n_dialects, ids=rng.integers(0, 3, (rows, 1)))
+
+
+@pytest.mark.parametrize("spec", MASKED, ids=lambda s: s.name)
+def test_masks_are_respected_and_backends_agree(spec: Formatbook) -> None:
+    rng = np.random.default_rng(21)
+    x = np.concatenate([rng.standard_normal((8, 64)), rng.standard_t(3, (8, 64))], axis=1).astype(np.float32)
+    x[2, 5] = np.nan  # a NaN block among masked ones
+    sb = _subbooks(len(spec.dialects), 8, rng)
+    ref = lowbit.quantize(x, spec, backend="reference", subbooks=sb)
+    per_block = np.broadcast_to(sb.ids, (8, 4))
+    for i, b in zip(*np.nonzero(~np.isnan(ref.scales))):
+        assert sb.masks[per_block[i, b], ref.dialect_ids[i, b]], (i, b)
+    # float32 takes the fast path (lut), float64 the generic kernels: both equal the reference
+    for xx in (x, x.astype(np.float64)):
+        q = lowbit.quantize(xx, spec, backend="numba", subbooks=sb)
+        np.testing.assert_array_equal(q.dialect_ids, ref.dialect_ids)
+        np.testing.assert_array_equal(q.unpacked_codes(), ref.unpacked_codes())
+        fq = lowbit.fake_quant(xx, spec, subbooks=sb)
+        np.testing.assert_array_equal(fq, lowbit.dequantize(ref, dtype=xx.dtype.name))
+
+
+def _objective(spec: Formatbook, blk: np.ndarray, scale: float) -> np.ndarray:
+    """Per dialect, what the selection minimises, from the definitions: the summed squared
+    error of the scaled magnitudes (mse) or of their cell centres (lut)."""
+    m = np.abs(blk.astype(np.float64)) / scale
+    if spec.selection == "lut":
+        step = spec.grid / 2
+        m = (np.floor(m / step) + 0.5) * step
+    table = np.array(spec.dialects) * spec.grid
+    return (np.abs(m[:, None, None] - table[None]).min(axis=2) ** 2).sum(axis=0)
+
+
+@pytest.mark.parametrize("spec", MASKED, ids=lambda s: s.name)
+def test_a_mask_selects_the_least_objective_among_the_allowed(spec: Formatbook) -> None:
+    rng = np.random.default_rng(22)
+    x = rng.laplace(size=(4, 96)).astype(np.float32)
+    nd = len(spec.dialects)
+    for i in range(4):
+        for b in range(3):
+            blk = x[i : i + 1, 32 * b : 32 * b + 32]
+            free = lowbit.quantize(blk, spec)
+            d = int(free.dialect_ids[0, 0])
+            obj = _objective(spec, blk[0], float(free.scales[0, 0]))
+            assert obj[d] == obj.min()
+            for allowed in ([d, (d + 1) % nd], [e for e in range(nd) if e != d], rng.choice(nd, 3, replace=False)):
+                sb = SubFormatbooks.from_dialects([list(allowed)], nd, ids=0)
+                got = int(lowbit.quantize(blk, spec, subbooks=sb).dialect_ids[0, 0])
+                best = min(allowed, key=lambda e: (obj[e], e))  # least objective, ties to the lowest id
+                assert got == best, (i, b, list(allowed))
+
+
+def test_subbook_ids_follow_the_block_axis() -> None:
+    # x (channels, tokens) blocked along axis 0: ids of shape (1, tokens) give one
+    # sub-formatbook per token, the same as the transposed tensor with ids (tokens, 1)
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((64, 5)).astype(np.float32)
+    groups = [[0, 1], [2, 3, 4], [5]]
+    ids = np.array([0, 2, 1, 1, 0])
+    a = lowbit.quantize(x, SEMANTIC, axis=0, subbooks=SubFormatbooks.from_dialects(groups, 32, ids=ids[None, :]))
+    b = lowbit.quantize(x.T.copy(), SEMANTIC, subbooks=SubFormatbooks.from_dialects(groups, 32, ids=ids[:, None]))
+    np.testing.assert_array_equal(a.dialect_ids, b.dialect_ids)
+    assert set(a.dialect_ids[1].tolist()) <= {5}
+
+
+def test_packed_storage_round_trips() -> None:
+    # pack_bits against a hand-packed example: 5-bit values 1, 2, 31 -> bits (LSB first)
+    # 10000 01000 11111 + padding -> bytes 0b01000001 (0x41), 0b01111100 (0x7C)
+    np.testing.assert_array_equal(pack_bits([1, 2, 31], 5), [0x41, 0x7C])
+    rng = np.random.default_rng(24)
+    v = rng.integers(0, 32, 101)
+    np.testing.assert_array_equal(unpack_bits(pack_bits(v, 5), 5, 101), v)
+    with pytest.raises(ValueError, match="fit"):
+        pack_bits([32], 5)
+    x = rng.standard_normal((6, 96)).astype(np.float32)
+    sb = SubFormatbooks.from_dialects([[0, 3, 5, 7, 9], [1, 2], [31]], 32, ids=rng.integers(0, 3, (6, 1)))
+    q = lowbit.quantize(x, SEMANTIC, subbooks=sb)
+    f = q.packed_fields()
+    # dialect ids as stored: the index within the block's sub-formatbook, 3 bits (at most 5 allowed)
+    local = unpack_bits(f["dialect_ids"], 3, 18).reshape(6, 3)
+    blocks = np.broadcast_to(sb.ids, (6, 3))
+    np.testing.assert_array_equal(sb.global_ids(blocks, local), q.dialect_ids)
+    np.testing.assert_array_equal(unpack_bits(f["subbook_ids"], 2, 6), sb.ids.ravel())
+    np.testing.assert_array_equal(unpack_bits(f["subbook_masks"], 1, 96).reshape(3, 32), sb.masks)
+    np.testing.assert_array_equal(unpack_bits(f["scale_codes"], 5, 18).reshape(6, 3), q.scale_codes)
+    # 576 codes of 4 bits, 18 exponents of 5 bits, 18 ids of 3 bits, 6 sub-formatbook ids of
+    # 2 bits, a 3 x 32 mask table
+    assert q.nbytes() == 288 + 12 + 7 + 2 + 12
+    assert q.bits_per_element() == 8 * q.nbytes() / 576
+    # without sub-formatbooks: 5-bit global ids
+    plain = lowbit.quantize(x, SEMANTIC)
+    np.testing.assert_array_equal(unpack_bits(plain.packed_fields()["dialect_ids"], 5, 18).reshape(6, 3), plain.dialect_ids)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subbooks", "exc", "match"),
+    [
+        ("dialectfp4", SubFormatbooks.from_dialects([[0, 1]], 16, ids=0), ValueError, "two_stage"),
+        ("mxfp4", SubFormatbooks.from_dialects([[0]], 16, ids=0), ValueError, "Formatbook"),
+        ("dialectfp4_mse", SubFormatbooks.from_dialects([[0]], 32, ids=0), ValueError, "columns"),
+        ("dialectfp4_mse", SubFormatbooks.from_dialects([[0]], 16, ids=np.zeros((3, 3), int)), ValueError, "broadcast"),
+        ("dialectfp4_mse", "everything", TypeError, "SubFormatbooks"),
+    ],
+)
+def test_bad_subbooks(fmt: str, subbooks: object, exc: type, match: str) -> None:
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(exc, match=match):
+        lowbit.quantize(x, fmt, subbooks=subbooks)  # type: ignore[arg-type]
+    with pytest.raises(exc, match=match):
+        lowbit.fake_quant(x, fmt, subbooks=subbooks)  # type: ignore[arg-type]
+
+
+def test_bad_subformatbook_tables() -> None:
+    with pytest.raises(ValueError, match="allow none"):
+        SubFormatbooks(masks=np.zeros((2, 4), bool), ids=0)
+    with pytest.raises(ValueError, match="bool"):
+        SubFormatbooks(masks=np.ones((2, 4), int), ids=0)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        SubFormatbooks(masks=np.ones((2, 4), bool), ids=[0, 2])
+    with pytest.raises(TypeError, match="integers"):
+        SubFormatbooks(masks=np.ones((2, 4), bool), ids=[0.5])
+    with pytest.raises(ValueError, match="dialect ids"):
+        SubFormatbooks.from_dialects([[4]], 4, ids=0)

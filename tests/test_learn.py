@@ -30,8 +30,9 @@ def _script():
 
 def _objective(x: np.ndarray, dialects, bs: int = 32) -> int:
     """Independent objective: per block k = floor(log2 amax) - 2 (math.frexp), levels
-    round-half-even(|x| / 2^k / 0.25) capped at 31, error in quarter-units squared,
-    least over the dialects, summed over blocks."""
+    floor(|x| / 2^k / 0.25) capped at 31, error of the level's cell centre (2 * level + 1
+    eighths) to the nearest dialect value (4 * u eighths) in eighths squared, least over
+    the dialects, summed over blocks."""
     total = 0
     for row in x.astype(np.float64):
         for s in range(0, len(row), bs):
@@ -39,8 +40,8 @@ def _objective(x: np.ndarray, dialects, bs: int = 32) -> int:
             amax = float(blk.max())
             k = math.frexp(amax)[1] - 1 - 2 if amax > 0 else -15
             k = min(max(k, -15), 16)
-            levels = [min(round(v / 2.0**k / 0.25), 31) for v in blk]  # round(): ties to even
-            total += min(sum(min((lv - 2 * u) ** 2 for u in d) for lv in levels) for d in dialects)
+            levels = [min(math.floor(v / 2.0**k / 0.25), 31) for v in blk]
+            total += min(sum(min((2 * lv + 1 - 4 * u) ** 2 for u in d) for lv in levels) for d in dialects)
     return total
 
 
@@ -73,8 +74,8 @@ def test_calibration_error_matches_an_independent_objective() -> None:
 
 
 def test_calibration_error_is_what_lut_selection_achieves() -> None:
-    # lut quantization picks, per block, the dialect of least level error: summing that error
-    # for the ids it chose (computed here from the levels) gives the learner's objective
+    # lut quantization picks, per block, the dialect of least cell-centre error: summing that
+    # error for the ids it chose (computed here from the levels) gives the learner's objective
     rng = np.random.default_rng(6)
     x = rng.laplace(size=(20, 32)).astype(np.float32)
     fb = Formatbook(name="lut_probe", dialects=DIALECTFP4_TABLE, selection="lut")
@@ -83,17 +84,18 @@ def test_calibration_error_is_what_lut_selection_achieves() -> None:
     for i, row in enumerate(x.astype(np.float64)):
         d = fb.dialects[int(q.dialect_ids[i, 0])]
         k = math.log2(float(q.scales[i, 0]))
-        levels = [min(round(abs(v) / 2.0**k / 0.25), 31) for v in row]
-        total += sum(min((lv - 2 * u) ** 2 for u in d) for lv in levels)
+        levels = [min(math.floor(abs(v) / 2.0**k / 0.25), 31) for v in row]
+        total += sum(min((2 * lv + 1 - 4 * u) ** 2 for u in d) for lv in levels)
     assert calibration_error(x, DIALECTFP4_TABLE) == total
 
 
 def test_recovers_a_known_dialect() -> None:
     # every block holds every value of D exactly (up to a power of two; amax = 7.5 * 2^k so the
-    # shared exponent is k): D has zero error, every other candidate misses a value of some block
+    # shared exponent is k): under D every element is a value, one eighth below its cell centre
+    # (error 1, the least possible); every other candidate misses a value of some block
     d = (0, 1, 3, 5, 7, 9, 12, 15)
     x = _blocks_from(d, 200, np.random.default_rng(1))
-    assert calibration_error(x, [d]) == 0
+    assert calibration_error(x, [d]) == x.size
     assert learn_formatbook(x, 1) == (d,)
 
 
@@ -102,8 +104,8 @@ def test_swap_recovers_two_known_dialects() -> None:
     rng = np.random.default_rng(2)
     x = np.concatenate([_blocks_from(d1, 150, rng), _blocks_from(d2, 100, rng)])
     swap = learn_formatbook(x, 2, method="swap")
-    assert set(swap) == {d1, d2}  # the only pair with zero error: each misses a value of the other
-    assert calibration_error(x, swap) == 0
+    assert set(swap) == {d1, d2}  # the only pair with the least error: each misses a value of the other
+    assert calibration_error(x, swap) == x.size
 
 
 def test_greedy_is_nested_and_its_error_never_increases() -> None:
@@ -120,7 +122,7 @@ def _levels(x: np.ndarray) -> np.ndarray:
     out = []
     for blk in np.abs(x.astype(np.float64)):
         k = math.frexp(float(blk.max()))[1] - 3
-        out.append([min(round(v / 2.0**k / 0.25), 31) for v in blk])
+        out.append([min(math.floor(v / 2.0**k / 0.25), 31) for v in blk])
     return np.array(out)
 
 
@@ -129,7 +131,7 @@ def test_first_greedy_pick_is_the_best_single_dialect() -> None:
     x = np.random.default_rng(8).laplace(size=(40, 32)).astype(np.float32)
     subsets = np.array([(0, *c) for c in itertools.combinations(range(1, 16), 7) if c[-1] >= 8])
     lv = _levels(x).reshape(-1)
-    dist = (lv[:, None, None] - 2 * subsets[None, :, :]) ** 2  # (elements, subsets, values)
+    dist = (2 * lv[:, None, None] + 1 - 4 * subsets[None, :, :]) ** 2  # (elements, subsets, values), eighths
     totals = dist.min(axis=2).sum(axis=0)
     best = int(np.argmin(totals))  # first minimum: lowest index in lexicographic order
     assert learn_formatbook(x, 1) == (tuple(int(v) for v in subsets[best]),)
@@ -152,6 +154,31 @@ def test_deterministic_and_independent_of_block_order() -> None:
     assert learn_formatbook(x.astype(np.float64), 5, progress=True) == a
 
 
+def test_refine_finds_a_quarter_grid_dialect_one_move_away() -> None:
+    # blocks made of every value of D (quarter units, maximum 29: 7.25 sets the exponent);
+    # starting from D with one value moved, one move brings D back, whose error is the least
+    # possible (every element one sixteenth from its cell centre: error 1)
+    d = (0, 1, 3, 6, 10, 15, 21, 29)
+    start = (0, 1, 3, 6, 11, 15, 21, 29)
+    x = _blocks_from([v / 2 for v in d], 120, np.random.default_rng(11))
+    assert calibration_error(x, [d], grid=0.25) == x.size
+    assert calibration_error(x, [start], grid=0.25) > x.size
+    assert learn_formatbook(x, 1, grid=0.25, method="refine", init=[start]) == (d,)
+
+
+def test_refine_never_increases_the_error_and_starts_from_greedy() -> None:
+    x = np.random.default_rng(12).laplace(size=(300, 32)).astype(np.float32)
+    # the quarter grid is too fine to enumerate: the start is greedy on the half-unit grid, doubled
+    start = tuple(tuple(2 * v for v in d) for d in learn_formatbook(x, 4))
+    assert learn_formatbook(x, 4, grid=0.25, method="refine", max_passes=0) == start
+    refined = learn_formatbook(x, 4, grid=0.25, method="refine", max_passes=3)
+    assert calibration_error(x, refined, grid=0.25) < calibration_error(x, start, grid=0.25)
+    # on the half-unit grid the start is greedy on that grid itself
+    assert learn_formatbook(x, 4, method="refine", max_passes=0) == learn_formatbook(x, 4)
+    half = learn_formatbook(x, 4, method="refine", max_passes=3)
+    assert calibration_error(x, half) <= calibration_error(x, learn_formatbook(x, 4))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc"),
     [
@@ -168,6 +195,11 @@ def test_deterministic_and_independent_of_block_order() -> None:
         (dict(values_per_dialect=32), ValueError),
         (dict(block_size=0), ValueError),
         (dict(max_passes=-1), ValueError),
+        (dict(init=[(0, 1, 2, 3, 4, 5, 6, 8)] * 2), ValueError),  # init is for refine only
+        (dict(method="refine", init=[(0, 1, 2, 3, 4, 5, 6, 8)] * 2), ValueError),  # not distinct
+        (dict(method="refine", init=[(0, 1, 2, 3, 4, 5, 6, 7), (0, 1, 2, 3, 4, 5, 6, 8)]), ValueError),  # max < 8
+        (dict(method="refine", init=[(0, 1, 2), (0, 1, 9)]), ValueError),  # 3 values
+        (dict(method="refine", init=["ab"]), ValueError),
     ],
 )
 def test_bad_input(kwargs: dict, exc: type) -> None:
@@ -180,7 +212,7 @@ def test_bad_input(kwargs: dict, exc: type) -> None:
 def test_registered_semantic_dialect() -> None:
     spec = get("semantic_dialect")
     assert isinstance(spec, Formatbook) and spec.selection == "lut"
-    assert spec.block_size == 32 and spec.scale == E5M0 and spec.grid == 0.5
+    assert spec.block_size == 32 and spec.scale == E5M0 and spec.grid == 0.25
     assert len(spec.dialects) == 32 and len(set(spec.dialects)) == 32
     assert spec.bits == 4 + (5 + 5) / 32
 

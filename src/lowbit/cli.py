@@ -5,6 +5,8 @@
 ``lowbit dequantize``   that file -> the values it stands for (.npy or .safetensors)
 ``lowbit compare``      error of several formats on one tensor
 ``lowbit demo``         the format table and a comparison on a bundled sample tensor
+``lowbit hdl generate`` a format's hardware unit as Verilog and VHDL-2008
+``lowbit hdl report``   Yosys cost of the element multipliers, block dot units and selectors
 
 Tensors are read as torch tensors (``.npy`` through numpy, ``.safetensors``
 through safetensors.torch, so bfloat16 files work) and every number comes from
@@ -35,7 +37,7 @@ import lowbit
 from lowbit import formats
 from lowbit.emulate import BackendUnavailable, Quantized, available_backends, dequantize, quantize
 from lowbit.emulate.api import pack_codes
-from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat
+from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat, Formatbook
 from lowbit.registry import BUILTIN_PLUGINS, UnknownNameError, registry
 
 #: NVFP4's second-level scale is one float32 for the whole tensor.
@@ -89,7 +91,7 @@ def format_info(name: str) -> dict[str, Any]:
         "name": name,
         "kind": "block" if block else "element",
         "element": element.name,
-        "rounding": element.rounding,
+        "rounding": spec.rounding_rule if isinstance(spec, Formatbook) else element.rounding,
         "block_size": spec.block_size if block else None,
         "scale": spec.scale.name if block else None,
         "scale_rule": spec.scale_rule if block else None,
@@ -419,6 +421,36 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> None:
         console.print(compare_table([error_stats(x, n) for n in section], title))
 
 
+def cmd_hdl_generate(args: argparse.Namespace, console: Console) -> None:
+    from lowbit.hdl.convert import generate
+    from lowbit.hdl.units import unit_for
+
+    spec = formats.get(args.format)
+    kinds = args.unit.split(",")
+    for kind in kinds:
+        unit_for(spec, kind)  # an unknown or unsupported unit is a one-line error
+    files = generate([(spec.name, kind) for kind in kinds], args.out, args.lang.split(","))
+    for f in files:
+        console.print(str(f))
+
+
+def cmd_hdl_report(args: argparse.Namespace, console: Console) -> None:
+    from lowbit.hdl.report import bar_chart, report
+    from lowbit.hdl.verify import missing_tools
+
+    if missing_tools(["yosys"]):
+        raise CliError("`lowbit hdl report` needs yosys on PATH (apt-get install yosys)")
+    rows = report()
+    table = Table(title="Yosys + ABC (cmos2): cells, transistors, NAND2 equivalents")
+    for col in ("format", "unit", "cells", "transistors", "nand2"):
+        table.add_column(col, justify="left" if col in ("format", "unit") else "right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("format", "unit", "cells", "transistors", "nand2")))
+    console.print(table)
+    bar_chart(rows, args.png)
+    console.print(f"bar chart: {args.png}")
+
+
 # ---------------------------------------------------------------------------
 # parser and entry point
 
@@ -462,6 +494,22 @@ def build_parser() -> argparse.ArgumentParser:
     numerics(sub)
 
     command("demo", cmd_demo, "format table and error comparison on a bundled sample tensor")
+
+    hdl = commands.add_parser("hdl", help="hardware generators (MyHDL -> Verilog / VHDL-2008)",
+                              description="hardware generators (MyHDL -> Verilog / VHDL-2008)")
+    hdl_commands = hdl.add_subparsers(dest="hdl_command", required=True, metavar="HDL_COMMAND")
+    sub = hdl_commands.add_parser("generate", help="write a format's unit as Verilog and VHDL",
+                                  description="write a format's unit as Verilog and VHDL (reproducible bytes)")
+    sub.set_defaults(func=cmd_hdl_generate)
+    sub.add_argument("format", help="a registered format name")
+    sub.add_argument("--unit", required=True,
+                     help="comma-separated units: decoder, encoder, mul, mul_expadd (element formats); dot, mac (block formats); select_lut, select (formatbooks)")
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+    sub.add_argument("--lang", default="verilog,vhdl", help="verilog, vhdl or both (default)")
+    sub = hdl_commands.add_parser("report", help="synthesize the units with Yosys: cells, transistors, NAND2 equivalents",
+                                  description="synthesize the units with Yosys: cells, transistors, NAND2 equivalents")
+    sub.set_defaults(func=cmd_hdl_report)
+    sub.add_argument("--png", type=Path, default=Path("hdl_report.png"), help="bar chart to write (default hdl_report.png)")
     return parser
 
 

@@ -10,7 +10,8 @@ Bit-identical to :mod:`lowbit.emulate.reference_dialect`, computed differently:
   integer below 2^62; the key 2^52 * sum(u^2) - sum(u * X) is accumulated
   exactly in int64 pieces (X split at bit 30) and compared as (high, low), so
   ties are exact ties, broken toward the lowest dialect id like the reference.
-* ``lut``: integer tables ERR (squared error in (grid/2)^2 units) and IDX;
+* ``lut``: integer tables ERR (squared error of the cell centre in (grid/4)^2
+  units) and IDX;
   ``two_stage``: a table of beneficial-range membership per level and dialect
   and a table from the truncated block maximum to its pair. All tables are built
   from the reference's exact definitions.
@@ -39,18 +40,24 @@ the partial last block of a row go to the generic kernels. Why it is exact:
 * two_stage: the level is monotone in |x|, so the block's largest level is the
   level of amax; each dialect's beneficial range, as a set of levels, is a bit
   mask, and the count difference is the sum of (mask_a >> level & 1) -
-  (mask_b >> level & 1).
-* lut: ERR rows (integers in (grid/2)^2 units, as the generic code) padded to 32
-  columns with a cost per element above every real entry, as uint16; the column
-  sums of a block stay below 2^16 (checked per spec), and ``lut_argmin`` returns
-  the least sum, ties to the lowest id, as the generic code.
+  (mask_b >> level & 1). (Four float32 threshold compares per element instead
+  measured 35% slower in this kernel.)
+* lut: ERR rows (integers in (grid/4)^2 units, as the generic code) padded to 32
+  columns with a cost per element above every real entry; ``lut_argmin``
+  returns the least sum, ties to the lowest id, as the generic code. As uint16
+  its sums saturate at 2^16 - 1, which keeps the argmin exact while the least
+  sum stays below that: guaranteed when block_size times the least over
+  dialects of their largest entry is below 2^16 - 1 (with sub-formatbooks, the
+  largest entry of all, since any dialect may be the only one allowed).
+  Otherwise uint32, whose sums must stay below 2^27 (checked per spec).
 * Element index: the number of midpoints (between consecutive dialect values, in
-  level units, all integers) that v passes, where v = u for two_stage (the exact
-  scaled magnitude) and v = the level for lut (IDX is the nearest index of the
-  level's value). A tie at the midpoint of indices c and c + 1 goes up iff c is
-  odd (to the even index), so each midpoint becomes a float32 threshold T with
-  (v > T) == (v >= mid) or (v > mid) (``_threshold``). Saturation is built in: v
-  beyond the last midpoint takes the last index.
+  level units, all integers) that the exact scaled magnitude u passes. two_stage
+  rounds to the nearest value: a tie at the midpoint of indices c and c + 1 goes
+  up iff c is odd (to the even index). lut takes IDX of u's cell, whose centre
+  is above a midpoint exactly when floor(u) >= mid, that is when u >= mid (mid
+  is an integer): every tie goes up. So each midpoint becomes a float32
+  threshold T with (u > T) == (u >= mid) or (u > mid) (``_threshold``).
+  Saturation is built in: u beyond the last midpoint takes the last index.
 * Output: the sum of the value steps of the passed thresholds (multiples of the
   grid, exact) times 2^k, one exact float32 multiply (the value and 2^k are
   normal float32 by the range check), with x's sign bit: zeros keep their sign.
@@ -81,7 +88,7 @@ from lowbit.emulate._numba_fast import (
     _threshold,
     threads_for,
 )
-from lowbit.emulate._numba_simd import LUT_WIDTH, lut_argmin
+from lowbit.emulate._numba_simd import LUT_MAX_SUM, LUT_WIDTH, lut_argmin
 from lowbit.emulate.backends import Parts
 from lowbit.emulate.numba_backend import INF_BLOCKS, _block_scan, _exp_scale, _out_array, _pow2, _store
 from lowbit.formats.spec import Formatbook
@@ -91,6 +98,7 @@ _helper = numba.njit(cache=True)
 _kernel = numba.njit(cache=True, nogil=True, parallel=True)
 
 SELECTIONS = {"mse": 0, "two_stage": 1, "lut": 2}
+_SAT16 = (1 << 16) - 1  # where lut_argmin's uint16 sums saturate
 _SPLIT = 30
 _LOW = (1 << _SPLIT) - 1
 
@@ -101,7 +109,7 @@ def _params(spec: Formatbook) -> tuple[Any, ...]:
     bp = (spec.block_size, 1, 0, sf.min_exp, sf.max_exp, sf.bias, 0, INF_BLOCKS[spec.inf_block], 0, 0, spec.emax, 0, 0)
     log2_grid = Fraction(spec.grid).numerator.bit_length() - Fraction(spec.grid).denominator.bit_length()
     fp = (
-        SELECTIONS[spec.selection], int(spec.fixed_point == "truncate"), int(spec.pair_tie == "higher_id"),
+        SELECTIONS[spec.selection], int(spec.fixed_point_rule == "truncate"), int(spec.pair_tie == "higher_id"),
         spec.levels, spec.index_bits, -1 if sf.nan_code is None else sf.nan_code, 53 - log2_grid, 1 - log2_grid,
         spec.grid_units,
     )  # fmt: skip
@@ -117,9 +125,10 @@ def _params(spec: Formatbook) -> tuple[Any, ...]:
         vals = rd.dialect_values(spec, d)
         for lv in range(spec.levels):
             m = lv * step
-            c = rd.nearest_index(vals, m)
+            centre = m + step / 2  # lut: the cell's centre (rd.cell_centre)
+            c = rd.nearest_index(vals, centre)
             idx[lv, d] = c
-            err[lv, d] = int(((m - vals[c]) / step) ** 2)
+            err[lv, d] = int(((centre - vals[c]) / (step / 2)) ** 2)
             ben[lv, d] = int(any(lo <= m < hi for lo, hi in ranges[d]))
     pair = np.zeros(spec.grid_units, np.int64)
     if spec.selection == "two_stage":
@@ -163,14 +172,16 @@ def _nearest(dv, d, m):
 
 
 @_helper
-def _select(x, i, s, e, k, top, fp, du, dv, err, ben, pair):
+def _select(x, i, s, e, k, top, fp, du, dv, err, ben, pair, allow):
     nd = du.shape[0]
     sel = fp[0]
     if sel == 0:  # least squares, exact integer key
-        best_d = 0
+        best_d = -1
         best_p = np.int64(0)
         best_r = np.int64(0)
         for d in range(nd):
+            if not allow[d]:
+                continue
             s2 = np.int64(0)
             ah = np.int64(0)
             al = np.int64(0)
@@ -186,17 +197,19 @@ def _select(x, i, s, e, k, top, fp, du, dv, err, ben, pair):
             r = -al
             p += r >> _SPLIT
             r &= _LOW
-            if d == 0 or p < best_p or (p == best_p and r < best_r):
+            if best_d < 0 or p < best_p or (p == best_p and r < best_r):
                 best_d, best_p, best_r = d, p, r
         return best_d
     if sel == 2:  # lookup tables
-        best_d = 0
+        best_d = -1
         best = np.int64(0)
         for d in range(nd):
+            if not allow[d]:
+                continue
             tot = np.int64(0)
             for j in range(s, e):
                 tot += err[_level(_mag(np.float64(x[i, j]), k, top), fp), d]
-            if d == 0 or tot < best:
+            if best_d < 0 or tot < best:
                 best_d, best = d, tot
         return best_d
     top_level = np.int64(0)  # two-stage
@@ -217,14 +230,15 @@ def _select(x, i, s, e, k, top, fp, du, dv, err, ben, pair):
 
 
 @_helper
-def _block(x, i, s, e, bp, fp, du, dv, err, ben, pair):
-    """(NaN block, exponent k, dialect id) of block x[i, s:e]."""
+def _block(x, i, s, e, bp, fp, du, dv, err, ben, pair, allow):
+    """(NaN block, exponent k, dialect id) of block x[i, s:e], choosing among the dialects
+    ``allow`` marks."""
     amax, has_nan, has_inf = _block_scan(x, i, s, e)
     if has_nan or (has_inf and bp[7] == 0):
         return True, np.int64(0), np.int64(0)
     k = _exp_scale(bp, (0.0, 0.0, 0.0), amax, has_inf and bp[7] == 2)
     top = _pow2(bp[10] + 1)
-    return False, k, np.int64(_select(x, i, s, e, k, top, fp, du, dv, err, ben, pair))
+    return False, k, np.int64(_select(x, i, s, e, k, top, fp, du, dv, err, ben, pair, allow))
 
 
 @_helper
@@ -241,7 +255,7 @@ def _is_neg(v):
 
 
 @_helper
-def _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair):
+def _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair, allow):
     """Generic code of block b of row i; 1 if it is a NaN block without a NaN scale code."""
     n = x.shape[1]
     bs = bp[0]
@@ -249,7 +263,7 @@ def _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv,
     sign = np.int64(1) << fp[4]
     s = b * bs
     e = min(s + bs, n)
-    nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
+    nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair, allow)
     if nan:
         scales[i, b] = np.nan
         ids[i, b] = 0
@@ -270,13 +284,14 @@ def _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv,
 
 
 @_jit
-def _quantize(x, codes, scale_codes, scales, ids, mask, rows, blocks, bp, fp, du, dv, err, idx, ben, pair):
+def _quantize(x, codes, scale_codes, scales, ids, mask, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, allowed, sub):
     """The blocks (rows[t], blocks[t]) by the generic code; the number of NaN blocks
-    without a NaN scale code."""
+    without a NaN scale code. Block (i, b) chooses among the dialects allowed[sub[i, b]]."""
     nans = 0
     for t in range(rows.size):
         i, b = rows[t], blocks[t]
-        nans += _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair)
+        allow = allowed[sub[i, b]]
+        nans += _quant_block(x, codes, scale_codes, scales, ids, mask, i, b, bp, fp, du, dv, err, idx, ben, pair, allow)
     return nans
 
 
@@ -299,8 +314,8 @@ def _dequantize(codes, scales, ids, mask, out, bs, index_bits, dv, okind, op):
 
 
 @_jit
-def _fake_quant(x, out, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, okind, op):
-    """The blocks (rows[t], blocks[t]) by the generic code."""
+def _fake_quant(x, out, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, allowed, sub, okind, op):
+    """The blocks (rows[t], blocks[t]) by the generic code (dialects as in ``_quantize``)."""
     n = x.shape[1]
     bs = bp[0]
     top = _pow2(bp[10] + 1)
@@ -308,7 +323,7 @@ def _fake_quant(x, out, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, okind
         i = rows[t]
         s = blocks[t] * bs
         e = min(s + bs, n)
-        nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair)
+        nan, k, d = _block(x, i, s, e, bp, fp, du, dv, err, ben, pair, allowed[sub[i, blocks[t]]])
         for j in range(s, e):
             if nan:
                 v = np.nan
@@ -326,8 +341,9 @@ def _fake_quant(x, out, rows, blocks, bp, fp, du, dv, err, idx, ben, pair, okind
 
 @functools.lru_cache(maxsize=64)
 def _fast_tables(spec: Formatbook) -> tuple[Any, ...] | None:
-    """(beneficial-range bit masks over the levels, padded ERR rows as uint16, element
-    thresholds, value steps) of the float32 fast path, or None when ``spec`` does not take it."""
+    """(beneficial-range bit masks over the levels, padded ERR rows as uint16 or uint32,
+    element thresholds, value steps) of the float32 fast path, or None when ``spec`` does
+    not take it."""
     sf = spec.scale
     log2_grid = Fraction(spec.grid).numerator.bit_length() - Fraction(spec.grid).denominator.bit_length()
     sh = 1 - log2_grid  # level units per value unit: 2^sh
@@ -345,25 +361,55 @@ def _fast_tables(spec: Formatbook) -> tuple[Any, ...] | None:
     if not ok:
         return None
     _bp, _fp, du, _dv, err, _idx, ben, _pair, _ni = _params(spec)
-    pad = int(err.max()) + 1
-    if spec.selection == "lut" and spec.block_size * pad >= 1 << 16:  # lut_argmin's column sums are 16-bit
+    bs, pad = spec.block_size, int(err.max()) + 1
+    narrow = bs * int(err.max(axis=0).min()) < _SAT16
+    if spec.selection == "lut" and not narrow and 2 * bs * pad >= LUT_MAX_SUM:
         return None
     masks = (ben << np.arange(spec.levels, dtype=np.int64)[:, None]).sum(axis=0)
     mids = (du[:, :-1] + du[:, 1:]).astype(np.float64)  # midpoints in level units (step = grid / 2)
-    up = np.arange(7) % 2  # a tie at the midpoint of indices c, c + 1 goes to the even index
+    # two_stage: a tie at the midpoint of indices c, c + 1 goes to the even index; lut: up
+    up = np.ones(7) if spec.selection == "lut" else np.arange(7) % 2
     thr = np.array([[_threshold(mids[d, c], float(up[c])) for c in range(7)] for d in range(du.shape[0])], np.float32)
     steps = ((du[:, 1:] - du[:, :-1]) * spec.grid).astype(np.float32)
     # padding columns cost more per element than any dialect's worst error, so a block's
     # padded sum exceeds every real one
-    err16 = np.full((spec.levels, LUT_WIDTH), pad, np.uint16)
-    err16[:, : err.shape[1]] = err
-    return masks, err16.reshape(-1), thr, steps
+    table = np.full((spec.levels, LUT_WIDTH), _SAT16 if narrow else pad, np.uint16 if narrow else np.uint32)
+    table[:, : err.shape[1]] = err
+    return masks, table.reshape(-1), thr, steps
 
 
-def _fast(spec: Formatbook, x: np.ndarray, out: str | None) -> tuple[Any, ...] | None:
+def _fast(spec: Formatbook, x: np.ndarray, out: str | None, subbooks: Any) -> tuple[Any, ...] | None:
+    """(masks, ERR rows, thresholds, steps, per-block sub-formatbooks, penalty row offset) of the
+    fast path for this call, or None."""
     if x.dtype != np.float32 or not x.flags.c_contiguous or out not in (None, "float32"):
         return None
-    return _fast_tables(spec)
+    tables = _fast_tables(spec)
+    if tables is None:
+        return None
+    masks, errs, thr, steps = tables
+    if subbooks is None:
+        return masks, errs, thr, steps, np.zeros((1, 1), np.int32), -1
+    errs = _penalty_table(spec, errs, subbooks[0])
+    return None if errs is None else (masks, errs, thr, steps, subbooks[1], spec.levels)
+
+
+def _penalty_table(spec: Formatbook, errs: np.ndarray, allowed: np.ndarray) -> np.ndarray | None:
+    """The ERR rows followed by one row per sub-formatbook: 0 under an allowed dialect and,
+    under any other, more than any block's sum can be (2^16 - 1, saturating, when every
+    dialect's sums stay below it; else block size times (the largest entry + 1), in uint32),
+    so ``lut_argmin`` over a block's rows plus its sub-formatbook's row never picks a dialect
+    the sub-formatbook leaves out. None when uint32 sums could reach ``LUT_MAX_SUM``."""
+    _bp, _fp, _du, _dv, err, *_ = _params(spec)
+    if spec.block_size * int(err.max()) < _SAT16:  # then the table is uint16 and saturates
+        pen = np.full((allowed.shape[0], LUT_WIDTH), _SAT16, np.uint16)
+        pen[:, : allowed.shape[1]] = np.where(allowed, 0, _SAT16)
+        return np.concatenate([errs, pen.reshape(-1)])
+    big = spec.block_size * (int(err.max()) + 1)
+    if spec.block_size * int(errs.max()) + big >= LUT_MAX_SUM:
+        return None
+    pen = np.full((allowed.shape[0], LUT_WIDTH), big, np.uint32)
+    pen[:, : allowed.shape[1]] = np.where(allowed, 0, big)
+    return np.concatenate([errs.astype(np.uint32), pen.reshape(-1)])
 
 
 @_helper
@@ -385,14 +431,16 @@ def _two_stage_count(xr, base, bs, inv, top, truncate, ma, mb):
 
 
 @_jit
-def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16):
+def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, errs, sub, penalty):
     """First pass of the fast path: exponent and dialect of each of row i's full blocks
-    (blocks holding NaN or Inf, and the partial last block, are marked in ``left``)."""
+    (blocks holding NaN or Inf, and the partial last block, are marked in ``left``).
+    ``penalty`` >= 0: lut selection adds row penalty + sub[i, b] of ``errs`` to each block's
+    sums (the sub-formatbook's penalty row, see ``_penalty_table``)."""
     xr = x[i]
     bs = bp[0]
     top = np.float32(fp[3] - 1)
     truncate = fp[1]
-    lvs = np.empty(bs, np.int32)
+    lvs = np.empty(bs + 1, np.int32)
     nleft = _leave_tail(left, i, xr.size, bs)
     for b in range(xr.size // bs):
         m = _block_amax_bits(xr, b * bs, bs)
@@ -410,7 +458,8 @@ def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16
         else:  # lut: argmin over dialects of the summed ERR rows, ties to the lowest id
             for j in range(bs):
                 lvs[j] = np.int32(_level32(_bits_f32(_f32_bits(xr[base + np.uint64(j)]) & _ABS32) * inv, top, truncate))
-            d = lut_argmin(err16, lvs, bs)
+            lvs[bs] = np.int32(penalty + sub[i, b])
+            d = lut_argmin(errs, lvs, bs + (penalty >= 0))
         scale_codes[i, b] = k + bp[5]
         scales[i, b] = _pow2(k)
         ids[i, b] = d
@@ -422,8 +471,6 @@ def _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps):
     """Second pass: q = sum of the value steps whose threshold the element passes, times 2^k."""
     xr, orow = x[i], out[i]
     bs = bp[0]
-    top = np.float32(fp[3] - 1)
-    lut = fp[0] == 2
     for b in range(xr.size // bs):
         if left[i, b]:
             continue
@@ -438,8 +485,7 @@ def _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps):
                 j = base + np.uint64(lane)
                 xb = _f32_bits(xr[j])
                 u = _bits_f32(xb & _ABS32) * inv
-                v = _level32(u, top, fp[1]) if lut else u
-                q = _step_sum7(v, t, st)
+                q = _step_sum7(u, t, st)
                 orow[j] = _bits_f32(_f32_bits(q * sc) | (xb & _SIGN32))
 
 
@@ -448,8 +494,6 @@ def _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr):
     """Second pass: the index is the number of thresholds the element passes."""
     xr, crow = x[i], codes[i]
     bs = bp[0]
-    top = np.float32(fp[3] - 1)
-    lut = fp[0] == 2
     sign = np.int32(1) << fp[4]
     for b in range(xr.size // bs):
         if left[i, b]:
@@ -464,26 +508,25 @@ def _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr):
                 j = base + np.uint64(lane)
                 xb = _f32_bits(xr[j])
                 u = _bits_f32(xb & _ABS32) * inv
-                v = _level32(u, top, fp[1]) if lut else u
-                n = np.int32(v > t0) + np.int32(v > t1) + np.int32(v > t2) + np.int32(v > t3)
-                n += np.int32(v > t4) + np.int32(v > t5) + np.int32(v > t6)
+                n = np.int32(u > t0) + np.int32(u > t1) + np.int32(u > t2) + np.int32(u > t3)
+                n += np.int32(u > t4) + np.int32(u > t5) + np.int32(u > t6)
                 crow[j] = n | sign if xb < 0 else n
 
 
 @_kernel
-def _fq_fast(x, out, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr, steps):
+def _fq_fast(x, out, left, scale_codes, scales, ids, bp, fp, pair, masks, errs, sub, penalty, thr, steps):
     nleft = 0
     for i in prange(x.shape[0]):
-        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16)
+        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, errs, sub, penalty)
         _fq_row(x, out, left, scale_codes, ids, i, bp, fp, thr, steps)
     return nleft
 
 
 @_kernel
-def _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr):
+def _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, errs, sub, penalty, thr):
     nleft = 0
     for i in prange(x.shape[0]):
-        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, err16)
+        nleft += _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, masks, errs, sub, penalty)
         _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr)
     return nleft
 
@@ -492,7 +535,16 @@ def _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, e
 # entry points
 
 
-def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
+def _generic_masks(spec: Formatbook, shape: tuple[int, int], subbooks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed, sub) of the generic kernels: every dialect allowed when there are no sub-formatbooks."""
+    if subbooks is None:
+        return np.ones((1, len(spec.dialects)), np.bool_), np.zeros(shape, np.int32)
+    return subbooks
+
+
+def quantize(spec: Formatbook, x: np.ndarray, subbooks: Any = None) -> Parts:
+    """``subbooks``: None, or (allowed, sub): allowed (sub-formatbooks, dialects) bool, sub (rows,
+    blocks) int32, the sub-formatbook of each block (checked by the API)."""
     bp, fp, du, dv, err, idx, ben, pair, _ni = _params(spec)
     rows, n = x.shape
     nb = -(-n // spec.block_size)
@@ -502,13 +554,16 @@ def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
     ids = np.empty((rows, nb), np.uint8)
     mask = np.zeros((rows, n), np.bool_)
     left = np.ones((rows, nb), np.bool_)
-    fast = _fast(spec, x, None)
+    fast = _fast(spec, x, None, subbooks)
     if fast is not None:
-        masks, err16, thr, _steps = fast
+        masks, errs, thr, _steps, sub, penalty = fast
         left[:] = False
         with threads_for(x.size):
-            _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, err16, thr)
-    nans = _quantize(x, codes, scale_codes, scales, ids, mask, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair)
+            _quant_fast(x, codes, left, scale_codes, scales, ids, bp, fp, pair, masks, errs, sub, penalty, thr)
+    allowed, sub = _generic_masks(spec, (rows, nb), subbooks)
+    nans = _quantize(
+        x, codes, scale_codes, scales, ids, mask, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair, allowed, sub
+    )
     return Parts(codes=codes, scale_codes=scale_codes, scales=scales, nan_mask=mask if nans else None, dialect_ids=ids)
 
 
@@ -520,20 +575,21 @@ def dequantize(spec: Formatbook, parts: Parts, out: str) -> np.ndarray:
     return res
 
 
-def fake_quant(spec: Formatbook, x: np.ndarray, out: str) -> np.ndarray:
+def fake_quant(spec: Formatbook, x: np.ndarray, out: str, subbooks: Any = None) -> np.ndarray:
     bp, fp, du, dv, err, idx, ben, pair, _ni = _params(spec)
     res, okind, op = _out_array(x.shape, out)
     rows, n = x.shape
     nb = -(-n // spec.block_size)
-    fast = _fast(spec, x, out)
+    fast = _fast(spec, x, out, subbooks)
     if fast is None:
         left = np.ones((rows, nb), np.bool_)
     else:
-        masks, err16, thr, steps = fast
+        masks, errs, thr, steps, sub, penalty = fast
         left = np.zeros((rows, nb), np.bool_)
         per_block = (np.empty((rows, nb), np.uint8), np.empty((rows, nb), np.float64), np.empty((rows, nb), np.uint8))
         with threads_for(x.size):
-            if not _fq_fast(x, res, left, *per_block, bp, fp, pair, masks, err16, thr, steps):
+            if not _fq_fast(x, res, left, *per_block, bp, fp, pair, masks, errs, sub, penalty, thr, steps):
                 return res
-    _fake_quant(x, res, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair, okind, op)
+    allowed, sub = _generic_masks(spec, (rows, nb), subbooks)
+    _fake_quant(x, res, *np.nonzero(left), bp, fp, du, dv, err, idx, ben, pair, allowed, sub, okind, op)
     return res

@@ -11,8 +11,9 @@ mask, and LLVM's ``vector.reduce.umax`` (a few shuffles).
 Summing a 32-column table row per element (lookup-table dialect selection) has
 the same problem: written as Numba loops, the loop over elements is vectorised
 with gathers (one per column word and lane) or the accumulators live in memory;
-measured 4x slower than ``lut_argmin``, which keeps 32 16-bit sums in one vector
-register and adds each row with one 64-byte load.
+measured 4x slower than ``lut_argmin``, which keeps 32 16-bit (or 32-bit) sums in
+vector registers and adds each row with one 64-byte (128-byte) load; 16-bit sums
+are twice as fast, so they saturate instead of needing every sum to fit.
 """
 
 from __future__ import annotations
@@ -59,38 +60,45 @@ def max_abs_bits(typingctx, arr, start, limit):
 
 
 LUT_WIDTH = 32  # columns of a lut_argmin table
+LUT_MAX_SUM = 1 << 27  # column sums must stay below this: the key is (sum << 5) | column, 32 bits
 
 
 @intrinsic
 def lut_argmin(typingctx, table, rows, n):
     """argmin over the 32 columns d of sum(table[rows[j] * 32 + d] for j < n), ties to the
-    lowest d. ``table`` is a C-contiguous 1-D uint16 array (rows of 32 entries), ``rows``
-    a C-contiguous 1-D int32 array of row numbers inside it; every column sum must stay
-    below 2^16 (the caller guarantees it). Returns an int64.
+    lowest d. ``table`` is a C-contiguous 1-D uint16 or uint32 array (rows of 32 entries),
+    ``rows`` a C-contiguous 1-D int32 array of row numbers inside it. The sums saturate
+    at 2^16 - 1 (uint16): the result is exact when the least sum stays below that, since
+    every saturated sum is then larger; for uint32 every sum must stay below
+    ``LUT_MAX_SUM``. The caller guarantees it. Returns an int64.
 
-    Each element adds its whole table row (64 bytes) to 32 accumulators with one vector
-    load and add; the key (sum << 5) | d then orders by sum first and id second, so one
-    ``vector.reduce.umin`` gives the argmin with its tie rule.
+    Each element adds its whole table row to 32 accumulators of the table's width with
+    one vector load and saturating add; the key (sum << 5) | d then orders by sum first
+    and id second, so one ``vector.reduce.umin`` gives the argmin with its tie rule.
     """
     ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (table, rows))
-    if not (ok and table.dtype == types.uint16 and rows.dtype == types.int32):
+    if not (ok and table.dtype in (types.uint16, types.uint32) and rows.dtype == types.int32):
         return None
+    width = table.dtype.bitwidth
     sig = types.int64(table, rows, types.int64)
 
     def codegen(context, builder, signature, args):
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        entry, i32, i64 = ir.IntType(width), ir.IntType(32), ir.IntType(64)
         tab = context.make_array(signature.args[0])(context, builder, args[0])
         rws = context.make_array(signature.args[1])(context, builder, args[1])
-        vty = ir.VectorType(i16, LUT_WIDTH)
+        vty = ir.VectorType(entry, LUT_WIDTH)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vty, [0] * LUT_WIDTH))
+        addsat = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty]), f"llvm.uadd.sat.v{LUT_WIDTH}i{width}"
+        )
         with cgutils.for_range(builder, args[2]) as loop:
             r = builder.sext(builder.load(builder.gep(rws.data, [loop.index])), i64)
             ptr = builder.bitcast(builder.gep(tab.data, [builder.mul(r, i64(LUT_WIDTH))]), vty.as_pointer())
-            builder.store(builder.add(builder.load(acc), builder.load(ptr, align=2)), acc)
+            builder.store(builder.call(addsat, [builder.load(acc), builder.load(ptr, align=width // 8)]), acc)
         wty = ir.VectorType(i32, LUT_WIDTH)
-        sums = builder.zext(builder.load(acc), wty)
+        sums = builder.zext(builder.load(acc), wty) if width < 32 else builder.load(acc)
         ids = ir.Constant(wty, list(range(LUT_WIDTH)))
-        key = builder.or_(builder.shl(sums, ir.Constant(wty, [5] * LUT_WIDTH)), ids)
+        key = builder.or_(builder.shl(sums, ir.Constant(wty, [5] * LUT_WIDTH)), ids)  # 21 bits for uint16
         fnty = ir.FunctionType(i32, [wty])
         reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.umin.v{LUT_WIDTH}i32")
         best = builder.call(reduce, [key])

@@ -19,6 +19,12 @@ A backend module provides, each taking the spec first:
     "float64"; float16/bfloat16 results are returned as uint16 bit patterns.
 ``fake_quant(spec, x, *, seed, out) -> ndarray``
     exactly ``dequantize(spec, quantize(spec, x, seed=seed), out)``.
+
+A backend with ``tensors=True`` (Triton) takes and returns torch tensors on the
+input's device instead: x is the (rows, n) layout in the input's own dtype
+(float16, bfloat16, float32 or float64), Parts hold tensors on that device
+(``tensor_scale`` stays a float) and outputs are tensors of the requested dtype.
+``limits(spec)`` says why a spec of a listed type is not covered (None when it is).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ def _no_check() -> str | None:
     return None
 
 
+def _no_limits(_spec: Any) -> str | None:
+    return None
+
+
 @frozen(kw_only=True)
 class Backend:
     """A named implementation of the emulation functions for some specs."""
@@ -50,6 +60,8 @@ class Backend:
     specs: tuple[Any, ...] = field(converter=tuple)
     requires: tuple[str, ...] = field(default=(), converter=tuple)
     check: Callable[[], str | None] = _no_check
+    limits: Callable[[Any], str | None] = _no_limits
+    tensors: bool = False
     description: str = ""
 
     def unavailable_reason(self) -> str | None:
@@ -59,7 +71,8 @@ class Backend:
         return self.check()
 
     def implements(self, spec: Any) -> bool:
-        return spec.name in self.specs or any(isinstance(k, type) and isinstance(spec, k) for k in self.specs)
+        listed = spec.name in self.specs or any(isinstance(k, type) and isinstance(spec, k) for k in self.specs)
+        return listed and self.limits(spec) is None
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -80,13 +93,23 @@ class Parts:
         return attrs.evolve(self, **kw)
 
 
+def takes_tensors(name: str) -> bool:
+    """Whether backend ``name`` works on torch tensors on their device (else numpy arrays)."""
+    from lowbit.registry import registry
+
+    return registry().backends.get(name).tensors
+
+
 def backend_for(spec: Any, name: str) -> ModuleType:
     """The loaded module of backend ``name`` for ``spec``, or an explanation."""
     from lowbit.registry import registry
 
     backend = registry().backends.get(name)
     if not backend.implements(spec):
-        raise BackendUnavailable(f"backend {name!r} does not implement format {spec.name!r} ({type(spec).__name__})")
+        why = backend.limits(spec)
+        raise BackendUnavailable(
+            f"backend {name!r} does not implement format {spec.name!r} ({type(spec).__name__})" + (f": {why}" if why else "")
+        )
     reason = backend.unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)

@@ -793,9 +793,9 @@ def _dialect_kernels() -> ModuleType:
     return _numba_dialect
 
 
-def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
+def quantize(spec: Any, x: np.ndarray, *, seed: int | None, subbooks: Any = None) -> Parts:
     if isinstance(spec, Formatbook):
-        return _dialect_kernels().quantize(spec, x)
+        return _dialect_kernels().quantize(spec, x, subbooks)
     fast = _fast_paths()
     path = fast.path_of(spec, x.dtype, None)
     if path is not None:
@@ -846,9 +846,9 @@ def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
     return res
 
 
-def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str) -> np.ndarray:
+def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str, subbooks: Any = None) -> np.ndarray:
     if isinstance(spec, Formatbook):
-        return _dialect_kernels().fake_quant(spec, x, out)
+        return _dialect_kernels().fake_quant(spec, x, out, subbooks)
     fast = _fast_paths()
     path = fast.path_of(spec, x.dtype, out)
     if path is not None:

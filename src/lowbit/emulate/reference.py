@@ -495,9 +495,9 @@ def _torchao_dequantize(spec: BlockFormat, parts: Parts, out: str) -> np.ndarray
 # the backend functions
 
 
-def quantize(spec: Any, x: np.ndarray, *, seed: int | None) -> Parts:
+def quantize(spec: Any, x: np.ndarray, *, seed: int | None, subbooks: Any = None) -> Parts:
     if isinstance(spec, Formatbook):
-        return reference_dialect.quantize(spec, x)
+        return reference_dialect.quantize(spec, x, subbooks)
     if not isinstance(spec, BlockFormat):
         return _element_quantize(spec, x, seed)
     if spec.arithmetic == "torchao":
@@ -515,5 +515,5 @@ def dequantize(spec: Any, parts: Parts, out: str) -> np.ndarray:
     return _block_dequantize_exact(spec, parts, out)
 
 
-def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str) -> np.ndarray:
-    return dequantize(spec, quantize(spec, x, seed=seed), out)
+def fake_quant(spec: Any, x: np.ndarray, *, seed: int | None, out: str, subbooks: Any = None) -> np.ndarray:
+    return dequantize(spec, quantize(spec, x, seed=seed, subbooks=subbooks), out)

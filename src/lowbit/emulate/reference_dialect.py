@@ -11,10 +11,12 @@ Per block of ``block_size`` elements along the block axis:
    rule of :func:`lowbit.emulate.reference._exp_scale` with emax = ``spec.emax``
    (reported: floor(log2 amax) - 2 for DialectFP4), clamped to the scale format.
 3. Scaled magnitudes m = min(|x| / 2^k, 2^(emax+1)) (Inf counts as 2^(emax+1)).
-4. The block's dialect by ``spec.selection`` (mse, two_stage or lut).
+4. The block's dialect by ``spec.selection`` (mse, two_stage or lut); with
+   sub-formatbooks, mse and lut take the argmin over the dialects the block's
+   sub-formatbook allows (ties to the lowest allowed id).
 5. Element code: sign bit (the sign of x, zeros included) and the index of the
    nearest dialect value to m, ties to the even index (decided); for ``lut``
-   the index of the nearest value to m's fixed-point level (IDX).
+   the index of the nearest value to the centre of m's level cell (IDX).
 
 Dequantized value: (-1)^s * dialect[index] * grid * 2^k, rounded once into the
 output format.
@@ -53,9 +55,9 @@ def nearest_index(values: tuple[Fraction, ...], m: Fraction) -> int:
 
 
 def fixed_point_level(spec: Formatbook, m: Fraction) -> int:
-    """m on the half-grid (step grid / 2) by ``spec.fixed_point``, saturated to the top level."""
+    """m on the half-grid (step grid / 2) by ``spec.fixed_point_rule``, saturated to the top level."""
     t = m / (Fraction(spec.grid) / 2)
-    level = math.floor(t) if spec.fixed_point == "truncate" else round(t)  # round(): ties to even
+    level = math.floor(t) if spec.fixed_point_rule == "truncate" else round(t)  # round(): ties to even
     return min(level, spec.levels - 1)
 
 
@@ -79,20 +81,25 @@ def beneficial_ranges(spec: Formatbook) -> list[list[tuple[Fraction, Fraction]]]
     return out
 
 
-def _select_mse(spec: Formatbook, mags: list[Fraction]) -> int:
+def _select_mse(spec: Formatbook, mags: list[Fraction], allowed: list[int]) -> int:
     def err(d: int) -> Fraction:
         vals = dialect_values(spec, d)
         return sum(((m - vals[nearest_index(vals, m)]) ** 2 for m in mags), Fraction(0))
 
-    return min(range(len(spec.dialects)), key=lambda d: (err(d), d))
+    return min(allowed, key=lambda d: (err(d), d))
 
 
-def _select_lut(spec: Formatbook, mags: list[Fraction]) -> int:
-    step = Fraction(spec.grid) / 2
-    return _select_mse(spec, [fixed_point_level(spec, m) * step for m in mags])
+def cell_centre(spec: Formatbook, m: Fraction) -> Fraction:
+    """The centre of m's level cell, the value ``lut`` selection and IDX see for m."""
+    return (fixed_point_level(spec, m) + Fraction(1, 2)) * (Fraction(spec.grid) / 2)
 
 
-def _select_two_stage(spec: Formatbook, mags: list[Fraction]) -> int:
+def _select_lut(spec: Formatbook, mags: list[Fraction], allowed: list[int]) -> int:
+    return _select_mse(spec, [cell_centre(spec, m) for m in mags], allowed)
+
+
+def _select_two_stage(spec: Formatbook, mags: list[Fraction], allowed: list[int]) -> int:
+    assert len(allowed) == len(spec.dialects), "two_stage takes no sub-formatbooks (checked by the API)"
     step = Fraction(spec.grid) / 2
     levels = [fixed_point_level(spec, m) for m in mags]
     top_units = max(levels, default=0) // 2  # the block maximum truncated to the grid
@@ -113,7 +120,9 @@ def _block_ranges(n: int, bs: int) -> list[tuple[int, int]]:
     return [(s, min(s + bs, n)) for s in range(0, n, bs)]
 
 
-def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
+def quantize(spec: Formatbook, x: np.ndarray, subbooks: tuple[np.ndarray, np.ndarray] | None = None) -> Parts:
+    """``subbooks``: None, or (masks, ids): masks[s][d] says whether sub-formatbook s allows
+    dialect d, ids[i][b] is the sub-formatbook of block b of row i."""
     from lowbit.emulate.reference import _exp_scale
 
     rows, n = x.shape
@@ -127,7 +136,6 @@ def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
     sf = spec.scale
     top = _pow2(spec.emax + 1)
     sign_bit = 1 << spec.index_bits
-    step = Fraction(spec.grid) / 2
     for i in range(rows):
         for b, (s, e) in enumerate(blocks):
             vals = [float(v) for v in x[i, s:e]]
@@ -147,12 +155,15 @@ def quantize(spec: Formatbook, x: np.ndarray) -> Parts:
             scale_codes[i, b] = k + sf.bias
             scales[i, b] = 2.0**k
             mags = [top if math.isinf(v) else min(abs(Fraction(v)) / _pow2(k), top) for v in vals]
-            d = SELECT[spec.selection](spec, mags)
+            allowed = list(range(len(spec.dialects)))
+            if subbooks is not None:
+                allowed = [d for d in allowed if subbooks[0][subbooks[1][i, b], d]]
+            d = SELECT[spec.selection](spec, mags, allowed)
             ids[i, b] = d
             dvals = dialect_values(spec, d)
             for j, (v, m) in enumerate(zip(vals, mags)):
                 if spec.selection == "lut":
-                    m = fixed_point_level(spec, m) * step
+                    m = cell_centre(spec, m)
                 idx = nearest_index(dvals, m)
                 neg = math.copysign(1.0, v) < 0
                 codes[i, s + j] = idx | (sign_bit if neg else 0)

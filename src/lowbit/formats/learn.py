@@ -14,22 +14,24 @@ Algorithm
    k = floor(log2 amax) - 2, scaled magnitudes |x| / 2^k in [0, 8), the block
    maximum in [4, 8). Blocks run along the last axis; a partial last block of a
    row holds only its own elements.
-2. Levels. Each scaled magnitude goes to the fixed-point grid of step grid / 2
-   (ties to the even level, saturating at the top level: the Formatbook's
-   ``fixed_point="nearest"``), 32 levels for the half-unit grid. Each block
-   becomes a histogram over the levels.
-3. Candidates. Every strictly ascending tuple of ``values_per_dialect`` grid units
-   that starts at 0 and lies below 8 / grid (6435 for 8 of the 16 half-units),
-   in lexicographic order, keeping only those whose maximum is at least 4
-   (half the range): the block maximum always lies in [4, 8), and a learned
-   book whose largest value were below 4 would get a different shared exponent
-   from the Formatbook than the one it was learned with. (For the half-unit grid
-   this drops one candidate, 0..3.5, leaving 6434.)
-4. Error table. ERR[level][candidate] is the squared distance from the level's
-   value to the candidate's nearest value, in units of (grid / 2)^2, so every
-   error is an exact integer. A block's error under a candidate is its histogram
-   times ERR; its error under a set of dialects is the least over the set (what
-   ``selection="lut"`` picks); the objective is the sum over blocks
+2. Levels. Each scaled magnitude goes to its cell on the fixed-point grid of
+   step grid / 2 (truncated, saturating at the top level: the level rule of
+   ``selection="lut"``), 32 levels for the half-unit grid, 64 for the
+   quarter-unit grid. Each block becomes a histogram over the levels.
+3. Candidates (``greedy`` and ``swap``). Every strictly ascending tuple of
+   ``values_per_dialect`` grid units that starts at 0 and lies below 8 / grid
+   (6435 for 8 of the 16 half-units), in lexicographic order, keeping only those
+   whose maximum is at least 4 (half the range): the block maximum always lies
+   in [4, 8), and a learned book whose largest value were below 4 would get a
+   different shared exponent from the Formatbook than the one it was learned
+   with. (For the half-unit grid this drops one candidate, 0..3.5, leaving
+   6434.) Finer grids have too many candidates to enumerate (2.6 million for
+   8 of the 32 quarter-units): use ``refine``.
+4. Error table. ERR[level][dialect] is the squared distance from the centre of
+   the level's cell to the dialect's nearest value, in units of (grid / 4)^2,
+   so every error is an exact integer. A block's error under a dialect is its
+   histogram times ERR; its error under a set of dialects is the least over the
+   set (what ``selection="lut"`` picks); the objective is the sum over blocks
    (:func:`calibration_error`).
 5. ``method="greedy"``: forward selection, ``n_dialects`` times adding the
    candidate that gives the least total error (ties: the lowest candidate index).
@@ -38,6 +40,14 @@ Algorithm
    with the other slots replaces the slot's dialect when that lowers the total
    strictly (ties: lowest candidate index). Passes stop after one that changes
    nothing, or after ``max_passes``. The total error never increases.
+   ``method="refine"`` (local search, for grids too fine to enumerate): start
+   from ``init`` (default: greedy on the grid twice as coarse, each value
+   doubled); then passes over the slots: the moves of a slot's dialect are the
+   dialects made by replacing one of its non-zero values with another grid value
+   below 8 / grid that it lacks (ascending again, maximum at least 4, not
+   already in the book), in lexicographic order; the move with the least total
+   error replaces the dialect when that lowers the total strictly (ties: first
+   in that order). Stops as ``swap`` does; the total never increases.
 
 The dialects come back in the order chosen (the first is the best single
 dialect), which is also their id order. Everything is exact integer arithmetic,
@@ -55,13 +65,20 @@ import numpy as np
 
 from lowbit.formats.spec import E5M0, Formatbook
 
-Method = Literal["greedy", "swap"]
-METHODS: tuple[str, ...] = ("greedy", "swap")
+Method = Literal["greedy", "swap", "refine"]
+METHODS: tuple[str, ...] = ("greedy", "swap", "refine")
 
 #: Scaled magnitudes lie in [0, SCALED_RANGE) (shared exponent floor(log2 amax) - 2).
 SCALED_RANGE = 8
 #: Most candidate dialects the learner enumerates (the error matrix is blocks x candidates).
 MAX_CANDIDATES = 50_000
+
+
+def _check_values(values_per_dialect: Any, units: int) -> None:
+    if not (isinstance(values_per_dialect, int) and 2 <= values_per_dialect <= units):
+        raise ValueError(f"values_per_dialect must be an integer in 2..{units}, got {values_per_dialect!r}")
+    if values_per_dialect & (values_per_dialect - 1):
+        raise ValueError(f"values_per_dialect must be a power of two (the index is a whole number of bits), got {values_per_dialect}")
 
 
 def _grid_units(grid: float) -> int:
@@ -75,10 +92,7 @@ def _grid_units(grid: float) -> int:
 def candidates(grid: float = 0.5, values_per_dialect: int = 8) -> np.ndarray:
     """Every candidate dialect (step 3 of the module docstring) as an int array (candidates, values)."""
     units = _grid_units(grid)
-    if not (isinstance(values_per_dialect, int) and 2 <= values_per_dialect <= units):
-        raise ValueError(f"values_per_dialect must be an integer in 2..{units}, got {values_per_dialect!r}")
-    if values_per_dialect & (values_per_dialect - 1):
-        raise ValueError(f"values_per_dialect must be a power of two (the index is a whole number of bits), got {values_per_dialect}")
+    _check_values(values_per_dialect, units)
     count = math.comb(units - 1, values_per_dialect - 1)
     if count > MAX_CANDIDATES:
         raise ValueError(f"{count} candidate dialects is more than {MAX_CANDIDATES}; use a coarser grid or fewer values")
@@ -87,12 +101,12 @@ def candidates(grid: float = 0.5, values_per_dialect: int = 8) -> np.ndarray:
 
 
 def error_table(dialects: Any, grid: float = 0.5) -> np.ndarray:
-    """ERR[level][dialect]: squared distance (in units of (grid / 2)^2) from each fixed-point level to
-    the dialect's nearest value; int64, shape (levels, dialects)."""
+    """ERR[level][dialect]: squared distance (in units of (grid / 4)^2) from the centre of each
+    level's cell to the dialect's nearest value; int64, shape (levels, dialects)."""
     units = _grid_units(grid)
     d = np.asarray(dialects, dtype=np.int64)
-    levels = np.arange(2 * units, dtype=np.int64)
-    dist = levels[:, None, None] - 2 * d[None, :, :]  # level and dialect values in half-grid steps
+    centres = 2 * np.arange(2 * units, dtype=np.int64) + 1  # in quarter-grid steps
+    dist = centres[:, None, None] - 4 * d[None, :, :]
     return (dist * dist).min(axis=2)
 
 
@@ -120,7 +134,7 @@ def level_histograms(samples: Any, *, grid: float = 0.5, block_size: int = 32) -
     scales = np.ldexp(1.0, exps.astype(np.int64))[inverse.reshape(amax.shape)]
     block_of = np.arange(n) // block_size
     scaled = x2 / scales[:, block_of]  # power-of-two scales: exact
-    levels = np.minimum(np.rint(scaled / (grid / 2)), 2 * units - 1).astype(np.int64)
+    levels = np.minimum(np.floor(scaled / (grid / 2)), 2 * units - 1).astype(np.int64)
     flat_block = (np.arange(rows)[:, None] * nb + block_of[None, :]).ravel()
     hist = np.zeros((rows * nb, 2 * units), np.int64)
     np.add.at(hist, (flat_block, levels.ravel()), 1)
@@ -148,7 +162,7 @@ def _block_errors(hist: np.ndarray, err: np.ndarray) -> np.ndarray:
 
 
 def calibration_error(samples: Any, dialects: Any, *, grid: float = 0.5, block_size: int = 32) -> int:
-    """Total squared error (in units of (grid / 2)^2 of the scaled blocks) of ``samples`` under a
+    """Total squared error (in units of (grid / 4)^2 of the scaled blocks) of ``samples`` under a
     ``selection="lut"`` Formatbook with ``dialects``: the objective :func:`learn_formatbook` minimises."""
     hist = level_histograms(samples, grid=grid, block_size=block_size)
     return int(_block_errors(hist, error_table(dialects, grid)).min(axis=0).sum(dtype=np.int64))
@@ -181,23 +195,29 @@ def learn_formatbook(
     block_size: int = 32,
     method: str = "greedy",
     max_passes: int = 10,
+    init: Any = None,
     progress: bool = False,
 ) -> tuple[tuple[int, ...], ...]:
     """The ``n_dialects`` dialects (grid units, ascending, starting at 0) that minimise the total
     squared error of the blocks of ``samples`` under lookup-table selection.
 
     ``samples``: floating-point array, blocks of ``block_size`` along the last axis. ``method``:
-    ``greedy`` (forward selection) or ``swap`` (greedy, then at most ``max_passes`` swap passes).
-    ``progress=True`` shows a progress bar (rich). The algorithm is described in
-    :mod:`lowbit.formats.learn`.
+    ``greedy`` (forward selection), ``swap`` (greedy, then at most ``max_passes`` swap passes) or
+    ``refine`` (at most ``max_passes`` local-search passes from ``init``, dialects in units of
+    ``grid``; by default greedy on this grid, or on the grid twice as coarse when this one has
+    too many candidates to enumerate). ``progress=True`` shows a progress bar (rich). The
+    algorithm is described in :mod:`lowbit.formats.learn`.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of {', '.join(METHODS)}")
     if not (isinstance(max_passes, int) and max_passes >= 0):
         raise ValueError(f"max_passes must be a non-negative integer, got {max_passes!r}")
+    if init is not None and method != "refine":
+        raise ValueError(f"init is the starting book of method='refine', not of {method!r}")
+    if method == "refine":
+        return _refine(samples, n_dialects, grid, values_per_dialect, block_size, max_passes, init, progress)
     cands = candidates(grid, values_per_dialect)
-    if isinstance(n_dialects, bool) or not isinstance(n_dialects, int) or not 1 <= n_dialects <= len(cands):
-        raise ValueError(f"n_dialects must be an integer in 1..{len(cands)}, got {n_dialects!r}")
+    _check_n_dialects(n_dialects, len(cands))
     hist = level_histograms(samples, grid=grid, block_size=block_size)
     e = _block_errors(hist, error_table(cands, grid))
 
@@ -216,8 +236,7 @@ def learn_formatbook(
                 changed = False
                 for slot in range(n_dialects):
                     others = [c for i, c in enumerate(chosen) if i != slot]
-                    rest = e[others].min(axis=0) if others else np.full(e.shape[1], np.iinfo(e.dtype).max, e.dtype)
-                    totals = _totals(e, rest)
+                    totals = _totals(e, _least_of(e[others], e.shape[1], e.dtype))
                     c = _best(totals, others + [chosen[slot]])
                     if int(totals[c]) < total:
                         chosen[slot], total, changed = c, int(totals[c]), True
@@ -225,6 +244,81 @@ def learn_formatbook(
                 if not changed:
                     break
     return tuple(tuple(int(v) for v in cands[c]) for c in chosen)
+
+
+def _check_n_dialects(n_dialects: Any, limit: int) -> None:
+    if isinstance(n_dialects, bool) or not isinstance(n_dialects, int) or not 1 <= n_dialects <= limit:
+        raise ValueError(f"n_dialects must be an integer in 1..{limit}, got {n_dialects!r}")
+
+
+def _least_of(e: np.ndarray, blocks: int, dtype: Any) -> np.ndarray:
+    """Per block, the least error over the rows of ``e`` (above every error when there are none)."""
+    return e.min(axis=0) if len(e) else np.full(blocks, np.iinfo(dtype).max, dtype)
+
+
+def _refine(
+    samples: Any, n_dialects: int, grid: float, values_per_dialect: int, block_size: int, max_passes: int,
+    init: Any, progress: bool,
+) -> tuple[tuple[int, ...], ...]:  # fmt: skip
+    units = _grid_units(grid)
+    _check_values(values_per_dialect, units)
+    if init is None:
+        enumerable = math.comb(units - 1, values_per_dialect - 1) <= MAX_CANDIDATES
+        coarse = grid if enumerable else grid * 2
+        book = learn_formatbook(
+            samples, n_dialects, grid=coarse, values_per_dialect=values_per_dialect, block_size=block_size
+        )
+        init = [[v * round(coarse / grid) for v in d] for d in book]
+    book = _check_init(init, n_dialects, units, values_per_dialect)
+    hist = level_histograms(samples, grid=grid, block_size=block_size)
+    e = _block_errors(hist, error_table(book, grid)).astype(np.int64)
+    total = int(e.min(axis=0).sum(dtype=np.int64))
+    with _Progress(progress, n_dialects * max_passes) as bar:
+        for _ in range(max_passes):
+            changed = False
+            for slot in range(n_dialects):
+                moves = _moves(book, slot, units)
+                if moves:
+                    em = _block_errors(hist, error_table(moves, grid)).astype(np.int64)
+                    totals = _totals(em, _least_of(np.delete(e, slot, axis=0), e.shape[1], e.dtype))
+                    c = int(np.argmin(totals))  # first minimum: first in lexicographic order
+                    if int(totals[c]) < total:
+                        book[slot], e[slot], total, changed = moves[c], em[c], int(totals[c]), True
+                bar.advance()
+            if not changed:
+                break
+    return tuple(book)
+
+
+def _moves(book: list[tuple[int, ...]], slot: int, units: int) -> list[tuple[int, ...]]:
+    """The dialects one value away from book[slot] (see ``refine`` in the module docstring)."""
+    d = book[slot]
+    out = set()
+    for j in range(1, len(d)):
+        for v in range(1, units):
+            if v not in d:
+                m = tuple(sorted(d[:j] + d[j + 1 :] + (v,)))
+                if m[-1] >= units // 2:
+                    out.add(m)
+    return sorted(out - set(book))
+
+
+def _check_init(init: Any, n_dialects: int, units: int, values_per_dialect: int) -> list[tuple[int, ...]]:
+    try:
+        book = [tuple(int(v) for v in d) for d in init]
+    except (TypeError, ValueError):
+        raise ValueError("init must be a sequence of dialects, each a sequence of integer grid units") from None
+    _check_n_dialects(n_dialects, 256)  # dialect ids are stored in a byte
+    if len(book) != n_dialects or len(set(book)) != n_dialects:
+        raise ValueError(f"init must hold {n_dialects} distinct dialects, got {len(book)} ({len(set(book))} distinct)")
+    for d in book:
+        ok = len(d) == values_per_dialect and d[0] == 0 and all(a < b for a, b in zip(d, d[1:]))
+        if not (ok and units // 2 <= d[-1] < units):
+            raise ValueError(
+                f"init dialect {d} must be {values_per_dialect} ascending grid units from 0 "
+                f"with a maximum in {units // 2}..{units - 1}"
+            )
+    return book
 
 
 class _Progress:

@@ -72,7 +72,7 @@ OVERFLOWS: tuple[str, ...] = Overflow.__args__  # type: ignore[attr-defined]
 def _one_of(name: str, allowed: tuple[str, ...]):
     def check(_inst: object, _attr: object, value: object) -> None:
         if value not in allowed:
-            raise ValueError(f"{name}={value!r} is not a known policy; choose one of {', '.join(allowed)}")
+            raise ValueError(f"{name}={value!r} is not a known policy; choose one of {', '.join(map(str, allowed))}")
 
     return check
 
@@ -435,13 +435,22 @@ class Formatbook:
         of the values only that dialect has; a cell is the half-open interval
         between the midpoints to its neighbours, lower end inclusive. For the
         pair (5.0 vs 4.0, maximum 6.5) that is [4.5, 5.75) and [3.5, 4.5).
-        ``lut``: ERR[level][dialect] (squared error of the level's grid value)
-        and IDX[level][dialect] (its nearest index); the block's dialect is the
-        argmin of the summed ERR (ties to the lowest id) and each element's index
-        is IDX of its level: exhaustive least squares on the fixed-point values.
+        ``lut`` (decided design): a magnitude's level is its cell, floor(m /
+        (grid / 2)) saturated to the top level; ERR[level][dialect] is the
+        squared distance from the cell's centre (level + 1/2) * grid / 2 to the
+        dialect's nearest value and IDX[level][dialect] that value's index. The
+        block's dialect is the argmin of the summed ERR (ties to the lowest id):
+        exhaustive least squares on the cell centres. Dialect values are
+        multiples of the grid, so every midpoint between two of them is a cell
+        boundary and no centre is ever a tie: IDX is the nearest value of every
+        magnitude in the cell, a magnitude exactly on a midpoint going to the
+        larger value (it starts the upper cell).
     fixed_point
-        ``nearest`` (decided default: ties to the even level) or ``truncate``;
-        both saturate at the largest level.
+        how two_stage and lut put magnitudes on the levels (step grid / 2),
+        saturating at the largest level: ``nearest`` (ties to the even level) or
+        ``truncate``. ``None`` (default) is the selection's own rule: ``nearest``
+        for two_stage (decided), ``truncate`` for lut (required: a rounded level
+        can sit exactly on a midpoint of two dialect values).
     rounding
         elements (``mse``, ``two_stage``) round the exact scaled magnitude to
         the nearest value of the block's dialect, ties to the even index
@@ -459,7 +468,7 @@ class Formatbook:
     axis: int = -1
     scale: ExpScaleFormat = field(factory=lambda: E5M0)
     selection: str = _policy(Selection, "selection", "mse")
-    fixed_point: str = _policy(FixedPoint, "fixed_point", "nearest")
+    fixed_point: str | None = field(default=None, validator=_one_of("fixed_point", (*_choices(FixedPoint), None)))
     pair_tie: str = _policy(PairTie, "pair_tie", "lower_id")
     rounding: str = _policy(DialectRounding, "rounding", "nearest_even")
     nan_block: str = _policy(NanBlock, "nan_block", "nan")
@@ -479,8 +488,8 @@ class Formatbook:
         g = Fraction(self.grid)
         if g <= 0 or 1 not in (g.numerator, g.denominator) or (g.numerator * g.denominator) & (g.numerator * g.denominator - 1):
             raise ValueError(f"{name}: grid must be a power of two, got {self.grid}")
-        if not d:
-            raise ValueError(f"{name}: need at least one dialect")
+        if not 1 <= len(d) <= 256:
+            raise ValueError(f"{name}: need 1 to 256 dialects (a block's id is stored in a byte), got {len(d)}")
         n = len(d[0])
         if n < 2 or n & (n - 1) or n > 128:
             raise ValueError(f"{name}: a dialect needs a power-of-two number (2..128) of magnitudes, got {n}")
@@ -493,6 +502,11 @@ class Formatbook:
             raise ValueError(f"{name}: magnitudes must be at most 255 grid units")
         if self.selection == "two_stage":
             self._check_two_stage()
+        if self.selection == "lut" and self.fixed_point == "nearest":
+            raise ValueError(
+                f"{name}: lut selection truncates magnitudes to their level (fixed_point='truncate' or None): "
+                "a level rounded to nearest can sit exactly on the midpoint of two dialect values"
+            )
 
     def _check_two_stage(self) -> None:
         name, d = self.name, self.dialects
@@ -517,6 +531,19 @@ class Formatbook:
             )
         if set(maxima) - need:
             raise ValueError(f"{name}: two_stage pair maxima {sorted(set(maxima) - need)} can never be picked")
+
+    @property
+    def fixed_point_rule(self) -> str:
+        """The level rule in force: ``fixed_point``, or the selection's own when it is None."""
+        if self.fixed_point is not None:
+            return self.fixed_point
+        return "truncate" if self.selection == "lut" else "nearest"
+
+    @property
+    def rounding_rule(self) -> str:
+        """How elements round in force: ``rounding`` (mse, two_stage), or ``nearest_up`` for lut,
+        whose IDX sends a magnitude exactly on a midpoint to the larger value."""
+        return "nearest_up" if self.selection == "lut" else self.rounding
 
     @property
     def grid_units(self) -> int:

@@ -1,11 +1,13 @@
-"""The built-in backends: ``reference`` (exact, slow) and ``numba`` (fast CPU)."""
+"""The built-in backends: ``reference`` (exact, slow), ``numba`` (fast CPU) and
+``triton`` (GPU, or Triton's interpreter on the CPU)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from lowbit.emulate.backends import Backend
-from lowbit.formats.spec import SPEC_TYPES
+from lowbit.formats.spec import SPEC_TYPES, Formatbook
 from lowbit.hookspecs import hookimpl
 
 REFERENCE = Backend(
@@ -23,7 +25,40 @@ NUMBA = Backend(
 )
 
 
+def _triton_check() -> str | None:
+    """A CUDA device, or TRITON_INTERPRET=1 for the interpreter on CPU tensors."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (
+        "backend 'triton' needs a CUDA device (torch.cuda.is_available() is False here) "
+        "or TRITON_INTERPRET=1 in the environment to run its kernels in Triton's interpreter on CPU tensors"
+    )
+
+
+def _triton_limits(spec: Any) -> str | None:
+    if isinstance(spec, Formatbook):
+        return "formatbooks (per-block dialect selection) are not implemented in the Triton backend yet"
+    return None
+
+
+TRITON = Backend(
+    name="triton",
+    module="lowbit.emulate.triton_backend",
+    specs=SPEC_TYPES,
+    requires=("triton",),
+    check=_triton_check,
+    limits=_triton_limits,
+    tensors=True,
+    description="Triton kernels on torch tensors (CUDA, or TRITON_INTERPRET=1), bit-identical to Numba",
+)
+
+
 @hookimpl
 def register_backends(register: Callable[[Any], None]) -> None:
     register(REFERENCE)
     register(NUMBA)
+    register(TRITON)

@@ -12,8 +12,9 @@ Formatbooks (BlockDialect, arXiv 2501.01144): ``dialectfp4`` is the reported
 selection the paper uses for activations; weights are meant to use
 ``dialectfp4_mse`` (least squared error per block, as reported for weights).
 ``block_dialect_16/32/64`` are the same table with least-squares selection at
-block sizes 16, 32 and 64. ``semantic_dialect`` has 32 dialects learned from
-calibration data (``scripts/learn_semantic_dialect.py``) and lookup-table selection.
+block sizes 16, 32 and 64. ``semantic_dialect`` has 32 dialects on the
+quarter-unit grid learned from calibration data
+(``scripts/learn_semantic_dialect.py``) and lookup-table selection.
 """
 
 from __future__ import annotations
@@ -108,36 +109,35 @@ DIALECTFP4_TABLE = (
 DIALECTFP4 = Formatbook(name="dialectfp4", dialects=DIALECTFP4_TABLE, selection="two_stage")
 DIALECTFP4_MSE = evolve(DIALECTFP4, name="dialectfp4_mse", selection="mse")
 BLOCK_DIALECT = tuple(evolve(DIALECTFP4_MSE, name=f"block_dialect_{bs}", block_size=bs) for bs in (16, 32, 64))
-# SemanticDialect-style formatbook (decided design): 32 dialects on the same
-# half-unit grid, learned from a seeded calibration mix (Gaussian, Laplace,
-# Student-t(3), outlier-heavy blocks) by lowbit.formats.learn_formatbook (greedy),
-# in the order chosen. Made by:
+# SemanticDialect-style formatbook (decided design): 32 dialects on the
+# quarter-unit grid (0..31 quarter units), learned from a seeded calibration mix
+# (Gaussian, Laplace, Student-t(3), outlier-heavy blocks) by
+# lowbit.formats.learn_formatbook (refine: greedy on the half-unit grid, then
+# one-value moves on the quarter grid). Made by:
 #   .venv/bin/python scripts/learn_semantic_dialect.py --blocks-per-kind 4000 --seed 0
 # Data, not code: the package never learns at import.
 SEMANTIC_DIALECT_TABLE = (
-    (0, 1, 2, 3, 5, 7, 10, 14), (0, 1, 2, 3, 4, 6, 8, 11),
-    (0, 1, 2, 4, 6, 9, 12, 15), (0, 1, 2, 3, 4, 5, 7, 9),
-    (0, 1, 3, 5, 7, 9, 11, 14), (0, 1, 2, 3, 5, 7, 9, 12),
-    (0, 1, 2, 4, 6, 8, 10, 13), (0, 1, 2, 3, 4, 6, 9, 15),
-    (0, 1, 2, 3, 5, 6, 8, 10), (0, 2, 4, 6, 8, 10, 12, 15),
-    (0, 1, 2, 3, 4, 6, 8, 13), (0, 1, 2, 3, 4, 5, 7, 10),
-    (0, 1, 2, 3, 4, 5, 6, 8), (0, 1, 2, 3, 4, 5, 7, 12),
-    (0, 1, 2, 4, 6, 8, 11, 15), (0, 1, 3, 5, 7, 9, 12, 15),
-    (0, 1, 2, 3, 4, 6, 7, 9), (0, 1, 2, 4, 5, 7, 9, 11),
-    (0, 1, 2, 3, 4, 5, 7, 15), (0, 1, 2, 3, 4, 6, 9, 12),
-    (0, 1, 2, 3, 4, 5, 6, 9), (0, 1, 2, 3, 5, 8, 11, 14),
-    (0, 2, 4, 5, 7, 9, 11, 14), (0, 1, 3, 4, 6, 8, 10, 14),
-    (0, 1, 2, 3, 5, 7, 9, 13), (0, 1, 2, 3, 4, 5, 6, 11),
-    (0, 1, 2, 3, 4, 6, 8, 10), (0, 1, 3, 5, 6, 8, 10, 12),
-    (0, 1, 2, 3, 4, 5, 7, 8), (0, 1, 2, 4, 5, 7, 10, 13),
-    (0, 1, 2, 3, 5, 7, 10, 15), (0, 1, 2, 3, 4, 6, 8, 14),
+    (0, 1, 2, 3, 4, 6, 20, 28), (0, 1, 2, 3, 4, 6, 9, 22),
+    (0, 3, 6, 10, 14, 18, 24, 30), (0, 1, 2, 3, 4, 6, 9, 17),
+    (0, 2, 5, 8, 11, 15, 20, 27), (0, 2, 4, 7, 10, 13, 17, 24),
+    (0, 2, 4, 6, 9, 13, 17, 30), (0, 2, 4, 6, 8, 11, 14, 20),
+    (0, 2, 5, 8, 12, 16, 22, 29), (0, 1, 2, 4, 6, 8, 11, 17),
+    (0, 1, 2, 3, 4, 6, 9, 26), (0, 4, 8, 12, 16, 20, 24, 30),
+    (0, 2, 4, 6, 8, 11, 15, 24), (0, 2, 4, 6, 9, 12, 15, 19),
+    (0, 3, 6, 10, 14, 18, 22, 28), (0, 1, 2, 4, 6, 8, 11, 30),
+    (0, 2, 4, 6, 8, 10, 13, 18), (0, 2, 4, 6, 9, 13, 19, 24),
+    (0, 2, 4, 6, 9, 12, 16, 22), (0, 2, 4, 6, 8, 11, 14, 22),
+    (0, 2, 4, 7, 10, 14, 18, 22), (0, 2, 4, 6, 9, 12, 16, 27),
+    (0, 2, 4, 7, 10, 13, 18, 28), (0, 2, 4, 6, 8, 11, 14, 17),
+    (0, 2, 4, 7, 10, 14, 20, 30), (0, 2, 4, 7, 10, 13, 16, 20),
+    (0, 1, 2, 4, 6, 8, 11, 19), (0, 2, 4, 6, 8, 10, 13, 16),
+    (0, 2, 4, 7, 10, 14, 19, 25), (0, 1, 2, 4, 6, 8, 11, 24),
+    (0, 4, 8, 12, 16, 21, 26, 31), (0, 2, 5, 8, 12, 16, 20, 25),
 )  # fmt: skip
 
-# Lookup-table selection (exhaustive least squares on the 0.25 fixed-point grid),
-# block 32, 5-bit shared exponent: 4 + (5 + 5) / 32 bits per element. Elements are
-# coded from their fixed-point level (IDX), which measurably costs accuracy against
-# the same table with selection="mse".
-SEMANTIC_DIALECT = Formatbook(name="semantic_dialect", dialects=SEMANTIC_DIALECT_TABLE, selection="lut")
+# Lookup-table selection (least squares on the centres of the 1/8-wide level
+# cells, 64 levels), block 32, 5-bit shared exponent: 4 + (5 + 5) / 32 bits per element.
+SEMANTIC_DIALECT = Formatbook(name="semantic_dialect", dialects=SEMANTIC_DIALECT_TABLE, grid=0.25, selection="lut")
 
 FORMATBOOKS = (DIALECTFP4, DIALECTFP4_MSE, *BLOCK_DIALECT, SEMANTIC_DIALECT)
 

@@ -1,0 +1,399 @@
+"""HDL generators against the Numba emulator, bit for bit.
+
+Golden values come from ``lowbit.quantize`` / ``lowbit.dequantize`` with
+``backend="numba"``. Every unit runs three ways on the same vectors: MyHDL's
+simulator (element units only, see ``run_everywhere``), the converted Verilog
+under Icarus and the converted VHDL under GHDL; the Verilog is also linted by
+Verilator. Element units are exhaustive (every code, every code pair, every
+encoder input; for 8-bit formats the encoder gets every input within 2 LSBs of a
+value or a rounding midpoint); block units take Hypothesis-drawn blocks. A
+missing HDL tool skips the HDL runs with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lowbit
+from lowbit import formats
+from lowbit.emulate.api import Quantized, pack_codes
+from lowbit.formats.spec import ExpScaleFormat, Formatbook
+from lowbit.hdl import convert, verify
+from lowbit.hdl.block import MAC_BITS, MAC_SHIFT
+from lowbit.hdl.tables import GUARD_BITS, Unsupported, element_tables
+from lowbit.hdl.units import unit_for, units_for
+
+ELEMENTS = ("fp4_e2m1", "int4", "fp6_e3m2", "fp8_e4m3", "fp6_e3m2_sr")
+BLOCKS = ("mxfp4", "nvfp4", "dialectfp4")
+
+
+@pytest.fixture(scope="session")
+def hdl(tmp_path_factory: pytest.TempPathFactory):
+    """hdl(format name) -> the folder holding all its units, converted once per
+    test run (per format, so xdist workers share the work: their base temps
+    share a parent that is this run's alone)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lowbit_hdl"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str) -> Path:
+        out = root / name
+        with open(root / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / ".done").exists():
+                convert.generate([(name, kind) for kind in units_for(formats.get(name))], out)
+                (out / ".done").write_text("ok")
+        return out
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tools() -> None:
+    missing = verify.missing_tools()
+    if missing:
+        pytest.skip(f"HDL tools not on PATH: {', '.join(missing)} (`make test` installs them with apt-get when run as root)")
+
+
+def run_everywhere(unit, vectors, hdl_dir: Path, tmp_path: Path, myhdl: bool = True) -> None:
+    """MyHDL (element units), then Icarus and GHDL (skipped with the reason when
+    the tools are missing). Block units skip MyHDL's simulator: elaborating one
+    takes MyHDL tens of seconds in a pytest-xdist worker, and the converted HDL,
+    which the simulators check, is what a user gets."""
+    if myhdl:
+        bad = verify.mismatches(unit, vectors, verify.simulate(unit, vectors))
+        assert not bad, "MyHDL: " + "\n".join(bad[:5])
+    missing = verify.missing_tools()
+    if missing:
+        done = "MyHDL passed; " if myhdl else "MyHDL not run (block unit); "
+        pytest.skip(f"{done}HDL tools not on PATH: {', '.join(missing)} (`make test` installs them as root)")
+    n, errors, log = verify.run_icarus(unit, vectors, hdl_dir, tmp_path / "icarus")
+    assert (n, errors) == (len(vectors), 0), log[-2000:]
+    n, errors, log = verify.run_ghdl(unit, vectors, hdl_dir, tmp_path / "ghdl")
+    assert (n, errors) == (len(vectors), 0), log[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# golden values from the Numba emulator
+
+
+def numba_decode(fmt, codes: np.ndarray) -> np.ndarray:
+    """float64 value of each code of an element format, by lowbit.dequantize (Numba)."""
+    n = len(codes)
+    q = Quantized(spec=fmt, shape=(n,), axis=0, dtype="float64", container="numpy", n=n,
+                  codes=pack_codes(np.asarray(codes)[None, :], fmt))
+    return np.asarray(lowbit.dequantize(q, backend="numba"), dtype=np.float64)
+
+
+def numba_encode(fmt, values: np.ndarray) -> np.ndarray:
+    return lowbit.quantize(np.asarray(values, np.float64)[None, :], fmt, backend="numba").unpacked_codes()[0]
+
+
+def units_of(v: float, lsb_exp: int) -> int:
+    u = Fraction(abs(v)) / Fraction(2) ** lsb_exp
+    assert u.denominator == 1, (v, lsb_exp)
+    return int(u)
+
+
+FULL = (1 << 64) - 1
+
+
+def product_expectation(p: float, lsb_exp: int) -> dict:
+    nan, inf = math.isnan(p), math.isinf(p)
+    finite = not (nan or inf)
+    return {
+        "sign": (int(not nan and math.copysign(1, p) < 0), FULL),
+        "mag": (units_of(p, lsb_exp) if finite else 0, FULL if finite else 0),
+        "nan": (int(nan), FULL),
+        "inf": (int(inf), FULL),
+    }
+
+
+# ---------------------------------------------------------------------------
+# element units
+
+
+@pytest.mark.parametrize("name", ELEMENTS)
+def test_decoder_every_code(name, hdl, tmp_path):
+    fmt = formats.get(name)
+    t = element_tables(fmt)
+    codes = np.arange(1 << fmt.bits)
+    vals = numba_decode(fmt, codes)
+    vectors = [{"code": int(c), **product_expectation(float(v), t.lsb_exp)} for c, v in zip(codes, vals)]
+    run_everywhere(unit_for(fmt, "decoder"), vectors, hdl(name), tmp_path)
+
+
+@pytest.mark.parametrize(("name", "kind"), [(n, k) for n in ELEMENTS for k in units_for(formats.get(n)) if k.startswith("mul")])
+def test_multiplier_every_code_pair(name, kind, hdl, tmp_path):
+    fmt = formats.get(name)
+    t = element_tables(fmt)
+    codes = np.arange(1 << fmt.bits)
+    vals = numba_decode(fmt, codes)
+    a, b = np.meshgrid(codes, codes, indexing="ij")
+    with np.errstate(invalid="ignore"):
+        prods = vals[a.ravel()] * vals[b.ravel()]
+    vectors = [{"a": int(x), "b": int(y), **product_expectation(float(p), 2 * t.lsb_exp)}
+               for x, y, p in zip(a.ravel(), b.ravel(), prods)]
+    run_everywhere(unit_for(fmt, kind), vectors, hdl(name), tmp_path)
+
+
+def encoder_inputs(fmt, t) -> np.ndarray:
+    """Every input magnitude when there are at most 2^13, else every input within
+    2 LSBs of a representable value or of a midpoint between neighbours."""
+    top = 1 << t.in_bits
+    if top <= 1 << 13:
+        return np.arange(top)
+    grid = sorted({units_of(v, t.lsb_exp - GUARD_BITS) for v in numba_decode(fmt, np.arange(1 << fmt.bits)) if math.isfinite(v)})
+    marks = set(grid) | {(x + y) // 2 for x, y in zip(grid, grid[1:])} | {2 * grid[-1] - grid[-2] // 2}
+    return np.array(sorted({m + d for m in marks for d in range(-2, 3) if 0 <= m + d < top}))
+
+
+@pytest.mark.parametrize("name", [n for n in ELEMENTS if n != "fp6_e3m2_sr"])
+def test_encoder_against_numba_quantize(name, hdl, tmp_path):
+    fmt = formats.get(name)
+    t = element_tables(fmt)
+    mags = encoder_inputs(fmt, t)
+    unit = Fraction(2) ** (t.lsb_exp - GUARD_BITS)
+    vectors = []
+    for sign in (0, 1):
+        values = np.array([float(-m * unit) if sign else float(m * unit) for m in mags])
+        if sign:
+            values[mags == 0] = -0.0
+        codes = numba_encode(fmt, values)
+        vectors += [{"sign": sign, "mag": int(m), "code": (int(c), FULL)} for m, c in zip(mags, codes)]
+    run_everywhere(unit_for(fmt, "encoder"), vectors, hdl(name), tmp_path)
+
+
+def test_stochastic_plugin_format_has_no_encoder_but_a_multiplier():
+    units = units_for(formats.get("fp6_e3m2_sr"))
+    assert {"decoder", "mul", "mul_expadd"} <= set(units) and "encoder" not in units
+    with pytest.raises(Unsupported, match="stochastic"):
+        unit_for(formats.get("fp6_e3m2_sr"), "encoder")
+    with pytest.raises(Unsupported, match="bits"):
+        units_for(formats.get("fp8_e5m2"))
+
+
+@pytest.mark.parametrize("name", ELEMENTS + BLOCKS)
+def test_verilator_lint_clean(name, hdl, tools):
+    for unit in units_for(formats.get(name)).values():
+        verify.lint_verilator(unit, hdl(name))
+
+
+# ---------------------------------------------------------------------------
+# block units (Hypothesis-drawn blocks)
+
+
+def block_strategy(n: int):
+    vals = st.floats(min_value=-6.0, max_value=6.0, width=32, allow_subnormal=False)
+    return st.tuples(st.lists(vals, min_size=n, max_size=n), st.integers(-8, 8))
+
+
+def quantize_blocks(spec, blocks):
+    x = np.array([np.float32(v) * np.float32(2.0**k) for vals, k in blocks for v in vals], np.float32).reshape(len(blocks), -1)
+    return lowbit.quantize(x, spec, backend="numba"), x
+
+
+def element_values(spec, q) -> np.ndarray:
+    """Element values (without scales) of a block-format Quantized, by Numba."""
+    codes = q.unpacked_codes()
+    return numba_decode(spec.element, codes.ravel()).reshape(codes.shape)
+
+
+def flat(codes_row: np.ndarray, bits: int) -> int:
+    return sum(int(c) << (i * bits) for i, c in enumerate(codes_row))
+
+
+def exact_dot(x: np.ndarray, y: np.ndarray) -> Fraction:
+    return sum((Fraction(float(a)) * Fraction(float(b)) for a, b in zip(x, y)), Fraction(0))
+
+
+def block_pairs_vectors(spec, pairs):
+    """Per block pair: the dot unit's inputs, the exact dot of the dequantized
+    blocks (per-tensor scales divided out) and the unit's expected outputs."""
+    qa, _ = quantize_blocks(spec, [p[0] for p in pairs])
+    qb, _ = quantize_blocks(spec, [p[1] for p in pairs])
+    deq_a = np.asarray(lowbit.dequantize(qa, backend="numba", dtype="float64"))
+    deq_b = np.asarray(lowbit.dequantize(qb, backend="numba", dtype="float64"))
+    ts = Fraction(qa.tensor_scale or 1) * Fraction(qb.tensor_scale or 1)
+    rows = []
+    for i in range(len(pairs)):
+        nan = bool(np.isnan(deq_a[i]).any() or np.isnan(deq_b[i]).any())
+        dot = None if nan else exact_dot(deq_a[i], deq_b[i]) / ts
+        rows.append((i, nan, dot))
+    return qa, qb, rows
+
+
+def mx_like_vectors(spec, pairs):
+    qa, qb, rows = block_pairs_vectors(spec, pairs)
+    t = element_tables(spec.element)
+    ea, eb = element_values(spec, qa), element_values(spec, qb)
+    bits, vectors, dots = spec.element.bits, [], []
+    ca, cb = qa.unpacked_codes(), qb.unpacked_codes()
+    for i, nan, dot in rows:
+        sa, sb = int(qa.scale_codes[i, 0]), int(qb.scale_codes[i, 0])
+        v = {"a": flat(ca[i], bits), "b": flat(cb[i], bits), "sa": sa, "sb": sb, "nan": (int(nan), FULL)}
+        elem_dot = None if nan else exact_dot(ea[i], eb[i])
+        total = 0 if nan else units_of(float(elem_dot), 2 * t.lsb_exp) * (1 if elem_dot >= 0 else -1)
+        v["total"] = (total, 0 if nan else FULL)
+        if isinstance(spec.scale, ExpScaleFormat):
+            v["exp"] = (sa + sb, FULL)
+            scale = Fraction(2) ** (sa + sb - 2 * spec.scale.bias)
+        else:
+            st_ = element_tables(spec.scale)
+            sva, svb = Fraction(float(qa.scales[i, 0])), Fraction(float(qb.scales[i, 0]))
+            v["scale"] = (int(sva * svb / Fraction(2) ** (2 * st_.lsb_exp)), 0 if nan else FULL)
+            scale = sva * svb
+        if not nan:
+            # the golden total and scale are consistent with the dequantized blocks
+            assert total * Fraction(2) ** (2 * t.lsb_exp) * scale == dot
+        vectors.append(v)
+        dots.append((nan, dot, total, v.get("exp", v.get("scale"))[0]))
+    return vectors, dots
+
+
+def dialect_vectors(book: Formatbook, pairs):
+    qa, qb, rows = block_pairs_vectors(book, pairs)
+    ca, cb = qa.unpacked_codes(), qb.unpacked_codes()
+    bits = book.index_bits + 1
+    grid2 = Fraction(book.grid) ** 2
+    vectors, dots = [], []
+    for i, nan, dot in rows:
+        assert not nan
+        sa, sb = int(qa.scale_codes[i, 0]), int(qb.scale_codes[i, 0])
+        scale = Fraction(2) ** (sa + sb - 2 * book.scale.bias)
+        total = dot / (grid2 * scale)
+        assert total.denominator == 1
+        vectors.append({"a": flat(ca[i], bits), "b": flat(cb[i], bits), "ida": int(qa.dialect_ids[i, 0]),
+                        "idb": int(qb.dialect_ids[i, 0]), "sa": sa, "sb": sb,
+                        "total": (int(total), FULL), "exp": (sa + sb, FULL)})
+        dots.append((False, dot, int(total), sa + sb))
+    return vectors, dots
+
+
+def vectors_for(spec, pairs):
+    return dialect_vectors(spec, pairs) if isinstance(spec, Formatbook) else mx_like_vectors(spec, pairs)
+
+
+#: block-sized inputs are large by design
+BIG = [HealthCheck.large_base_example, HealthCheck.data_too_large, HealthCheck.too_slow]
+
+PAIRS = {name: st.lists(st.tuples(block_strategy(formats.get(name).block_size), block_strategy(formats.get(name).block_size)),
+                        min_size=12, max_size=12) for name in BLOCKS}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_dot_unit(name, hdl, tmp_path):
+    spec = formats.get(name)
+
+    @settings(max_examples=3, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
+    @given(pairs=PAIRS[name])
+    def collect(pairs):
+        collected.extend(vectors_for(spec, pairs)[0])
+
+    collected: list[dict] = []
+    collect()
+    run_everywhere(unit_for(spec, "dot"), collected, hdl(name), tmp_path, myhdl=False)
+
+
+def test_mx_nan_block_flags_nan(hdl, tmp_path):
+    spec = formats.get("mxfp4")
+    blocks = [([float("nan")] + [1.0] * 31, 0), ([2.0] * 32, 0)]
+    vectors, dots = vectors_for(spec, [(blocks[0], blocks[1]), (blocks[1], blocks[1])])
+    assert [d[0] for d in dots] == [True, False]
+    run_everywhere(unit_for(spec, "dot"), vectors, hdl("mxfp4"), tmp_path / "dot", myhdl=False)
+    # the MAC's nan is sticky until reset; acc is not compared once a NaN went in
+    ins = [{k: v[k] for k in ("a", "b", "sa", "sb")} for v in vectors]
+    seen_nan = {"acc": (0, 0), "acc_exp": (0, 0), "ovf": (0, 0), "nan": (1, FULL)}
+    clear = {"acc": (0, FULL), "acc_exp": (0, FULL), "ovf": (0, FULL), "nan": (0, FULL)}
+    seq = [{**ins[1], "rst": 1, "en": 0, **clear}, {**ins[0], "rst": 0, "en": 1, **seen_nan},
+           {**ins[1], "rst": 0, "en": 1, **seen_nan}, {**ins[1], "rst": 1, "en": 0, **clear}]
+    run_everywhere(unit_for(spec, "mac"), seq, hdl("mxfp4"), tmp_path / "mac", myhdl=False)
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_mac_accumulates_block_dots(name, hdl, tmp_path):
+    spec = formats.get(name)
+    unit = unit_for(spec, "mac")
+    pow2 = isinstance(spec.scale, ExpScaleFormat)
+
+    in_names = {p.name for p in unit.ports if not p.out}
+    flags = {p.name: (0, FULL) for p in unit.ports if p.name in ("nan", "ovf")}
+
+    @settings(max_examples=2, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
+    @given(pairs=PAIRS[name])
+    def collect(pairs):
+        dots_vectors, dots = vectors_for(spec, pairs)
+        first = {k: v for k, v in dots_vectors[0].items() if k in in_names}
+        seq = [{**first, "rst": 1, "en": 0, "acc": (0, FULL), **flags} | ({"acc_exp": (0, FULL)} if pow2 else {})]
+        acc_exp = None
+        total = Fraction(0)
+        for v, (nan, dot, tot, scale) in zip(dots_vectors, dots):
+            ins = {k: x for k, x in v.items() if k in in_names}
+            if pow2:
+                acc_exp = scale if acc_exp is None else min(acc_exp, scale)
+                assert max(scale, acc_exp) - acc_exp <= MAC_SHIFT
+                total += tot * Fraction(2) ** scale
+                acc = total / Fraction(2) ** acc_exp
+                assert acc.denominator == 1
+                out = {"acc": (int(acc), FULL), "acc_exp": (acc_exp, FULL), **flags}
+            else:
+                total += tot * scale
+                out = {"acc": (int(total), FULL), **flags}
+            assert abs(out["acc"][0]) < 1 << (MAC_BITS - 1)
+            seq.append({**ins, "rst": 0, "en": 1, **out})
+        collected.extend(seq)
+
+    collected: list[dict] = []
+    collect()
+    run_everywhere(unit, collected, hdl(name), tmp_path, myhdl=False)
+
+
+def selector_level(book: Formatbook, x: float, scale: float) -> int:
+    """A scaled magnitude as the selector's fixed-point input (spec: ``fixed_point``)."""
+    u = Fraction(abs(float(x))) / Fraction(float(scale)) / (Fraction(book.grid) / 2)
+    q = math.floor(u) if book.fixed_point_rule == "truncate" else round(u)  # Fraction rounds half to even
+    return min(q, book.levels - 1)
+
+
+@pytest.mark.parametrize("kind", ["select", "select_lut"])
+def test_selector_picks_numba_dialect(kind, hdl, tmp_path):
+    """``select`` against DialectFP4 (two-stage selection); ``select_lut``, a unit
+    of the same formatbook, against the formatbook with ``lut`` selection."""
+    hw_book = formats.get("dialectfp4")
+    assert hw_book.selection == "two_stage"
+    book = hw_book if kind == "select" else formats.evolve(hw_book, name="dialectfp4_lut", selection="lut")
+    unit = unit_for(hw_book, kind)
+    lb = (book.levels - 1).bit_length()
+
+    @settings(max_examples=4, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
+    @given(blocks=st.lists(block_strategy(book.block_size), min_size=12, max_size=12))
+    def collect(blocks):
+        q, x = quantize_blocks(book, blocks)
+        for i in range(len(blocks)):
+            levels = [selector_level(book, v, q.scales[i, 0]) for v in x[i]]
+            collected.append({"lv": sum(L << (j * lb) for j, L in enumerate(levels)),
+                              "dialect_id": (int(q.dialect_ids[i, 0]), FULL)})
+
+    collected: list[dict] = []
+    collect()
+    assert len({v["dialect_id"][0] for v in collected}) > 1  # the vectors exercise more than one dialect
+    run_everywhere(unit, collected, hdl("dialectfp4"), tmp_path, myhdl=False)
+
+
+def test_generation_is_reproducible(tmp_path):
+    req = [("fp4_e2m1", "encoder"), ("dialectfp4", "select")]
+    one = convert.generate(req, tmp_path / "one")
+    two = convert.generate(req, tmp_path / "two")
+    for a, b in zip(one, two):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    text = one[0].read_text()
+    assert str(tmp_path) not in text and "Date" not in text

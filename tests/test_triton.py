@@ -1,0 +1,190 @@
+"""The Triton backend equals the Numba backend bit for bit (rtol=0, atol=0: NaN made
+canonical, signed zeros compared) on codes, scale codes, scale values, tensor scale, NaN
+mask, dequantized values in every output dtype and fake_quant, for every registered
+format it implements (plugins included) and for specs covering the remaining policies.
+
+The kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set before
+the backend is first imported). Each program instance costs milliseconds there, so the
+inputs are small and the backend's interpreter tiles keep every launch to a few dozen
+program instances.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_conformance import EXTRA_SPECS  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit.emulate import BackendUnavailable  # noqa: E402
+from lowbit.emulate.api import _check_backend_name  # noqa: E402
+from lowbit.formats import E8M0, BlockFormat, CodebookFormat, FloatFormat, IntFormat, evolve, get  # noqa: E402
+from lowbit.formats.spec import BLOCK_SPECS, Formatbook  # noqa: E402
+from lowbit.plugins.builtin_backends import TRITON  # noqa: E402
+from lowbit.plugins.builtin_formats import FP4_E2M1, NVFP4  # noqa: E402
+from lowbit.testing import strategies  # noqa: E402
+from lowbit.testing.conformance import bits, input_dtypes  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"),
+    # the interpreter evaluates both sides of every tl.where, NaN and Inf lanes included
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+]
+
+OUT_KINDS = strategies.DTYPES
+REGISTERED = [n for n in lowbit.formats.names() if TRITON.implements(get(n))]
+# policies no registered format has: 16-bit codes, codebook ties away, stochastic codebooks
+# and integers, a zero block scale with integer elements, toward-zero MX elements
+MORE_SPECS = (
+    IntFormat(name="int12", int_bits=12),
+    IntFormat(name="int16_sr", int_bits=16, rounding="stochastic", sr_bits=12),
+    CodebookFormat(name="cb_away_sr", magnitudes=(0, 0.25, 1.0, 3.0), rounding="stochastic", sr_bits=3),
+    CodebookFormat(name="cb_away", magnitudes=(0, 0.25, 1.0, 3.0), rounding="nearest_away", signed=False),
+    evolve(NVFP4, name="nvfp4_int4_zero_scale", element=IntFormat(name="int4s", int_bits=4, symmetric=True),
+           zero_block="zero_scale", inf_block="inf_amax"),  # fmt: skip
+    BlockFormat(name="mx_e2m1_rtz_bs24", element=evolve(FP4_E2M1, rounding="toward_zero"), block_size=24, scale=E8M0,
+                inf_block="inf_amax", scale_rule="ceil"),  # fmt: skip
+)
+SPECS = [*EXTRA_SPECS, *MORE_SPECS]
+
+
+def _torch(x: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of x's dtype (bfloat16 from ml_dtypes via its bits)."""
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(x.copy())
+
+
+def _same(what: str, expected: Any, got: Any) -> None:
+    e, g = bits(expected), bits(got)
+    assert e.dtype == g.dtype and e.shape == g.shape, f"{what}: {e.dtype} {e.shape} vs {g.dtype} {g.shape}"
+    where = np.argwhere(e != g)
+    assert not len(where), f"{what}: {len(where)} differ, first at {tuple(where[0])}: {e[tuple(where[0])]} vs {g[tuple(where[0])]}"
+
+
+def _compare(spec: Any, x: np.ndarray, seed: int, *, axis: int = -1, out_kinds: tuple[str, ...] = OUT_KINDS) -> None:
+    """Triton (on a tensor) against Numba (on the same tensor): quantize, dequantize, fake_quant."""
+    t = _torch(x)
+    try:
+        qn = lowbit.quantize(t, spec, backend="numba", seed=seed, axis=axis)
+    except ValueError as e:  # nan="raise" with a NaN: Triton must refuse too
+        with pytest.raises(ValueError, match="has no NaN code"):
+            lowbit.quantize(t, spec, backend="triton", seed=seed, axis=axis)
+        with pytest.raises(ValueError, match="has no NaN code"):
+            lowbit.fake_quant(t, spec, backend="triton", seed=seed, axis=axis)
+        assert "has no NaN code" in str(e)
+        return
+    qt = lowbit.quantize(t, spec, backend="triton", seed=seed, axis=axis)
+    assert isinstance(qt.codes, torch.Tensor)  # a tensor input keeps its storage on its device
+    qc = qt.cpu()
+    for field in ("codes", "scale_codes", "scales", "nan_mask", "dialect_ids"):
+        a, b = getattr(qn, field), getattr(qc, field)
+        assert (a is None) == (b is None), f"{field}: numba {type(a).__name__}, triton {type(b).__name__}"
+        if a is not None:
+            _same(field, a, b)
+    assert (qn.tensor_scale is None) == (qt.tensor_scale is None)
+    if qn.tensor_scale is not None:
+        _same("tensor_scale", np.float64(qn.tensor_scale), np.float64(qt.tensor_scale))
+    for kind in out_kinds:
+        _same(f"dequantize to {kind}", lowbit.dequantize(qn, backend="numba", dtype=kind),
+              lowbit.dequantize(qt, backend="triton", dtype=kind))  # fmt: skip
+    fn = lowbit.fake_quant(t, spec, backend="numba", seed=seed, axis=axis)
+    _same("fake_quant", fn, lowbit.fake_quant(t, spec, backend="triton", seed=seed, axis=axis))
+
+
+def _examples(spec: Any, kind: str) -> np.ndarray:
+    """Every named hard case of ``spec`` (ties, zeros, subnormals, huge, Inf, NaN blocks)
+    in one array: element cases as one row, block cases as rows padded with zeros (a zero
+    block changes no other block, nor the finite amax of a tensor scale)."""
+    cases = list(strategies.examples(spec, kind).values())
+    if not isinstance(spec, BLOCK_SPECS):
+        return np.concatenate([c.reshape(1, -1) for c in cases], axis=1)
+    width = max(c.shape[1] for c in cases)
+    rows = [np.concatenate([c, np.zeros((c.shape[0], width - c.shape[1]), c.dtype)], axis=1) for c in cases]
+    return np.concatenate(rows, axis=0)
+
+
+def _params(specs: list[Any]) -> list[Any]:
+    return [pytest.param(s, kind, id=f"{s.name}-{kind}") for s in specs for kind in input_dtypes(s)]
+
+
+ALL = [get(n) for n in REGISTERED] + SPECS
+
+
+@pytest.mark.parametrize(("spec", "kind"), _params(ALL))
+def test_hard_cases_match_numba(spec: Any, kind: str) -> None:
+    _compare(spec, _examples(spec, kind), seed=20240611)
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: s.name)
+def test_drawn_inputs_match_numba(spec: Any) -> None:
+    @settings(max_examples=3, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    @given(x=st.sampled_from(input_dtypes(spec)).flatmap(lambda k: strategies.arrays(spec, k)),
+           seed=st.integers(0, 2**32 - 1))  # fmt: skip
+    def drawn(x: np.ndarray, seed: int) -> None:
+        _compare(spec, x, seed, out_kinds=(x.dtype.name,))
+
+    drawn()
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "nvfp4_2level@torchao", "fp8_e4m3", "mxfp6_e3m2_sr"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_any_axis_and_partial_blocks(name: str, axis: int) -> None:
+    rng = np.random.default_rng(axis)
+    x = (rng.standard_normal((5, 37, 3)) * np.exp2(rng.integers(-8, 8, (5, 37, 3)))).astype(np.float32)
+    x[1, 2, 0], x[2, 5, 1], x[0, 0, 2] = np.nan, -np.inf, -0.0
+    _compare(get(name), x, seed=7, axis=axis, out_kinds=("float32",))
+
+
+def test_numpy_input_gives_numpy_storage_and_output() -> None:
+    x = np.linspace(-7, 7, 64, dtype=np.float32).reshape(2, 32)
+    q = lowbit.quantize(x, "mxfp4", backend="triton")
+    assert isinstance(q.codes, np.ndarray)
+    _same("codes", lowbit.quantize(x, "mxfp4", backend="numba").codes, q.codes)
+    _same("fake_quant", lowbit.fake_quant(x, "mxfp4", backend="numba"), lowbit.fake_quant(x, "mxfp4", backend="triton"))
+    _same("dequantize", lowbit.fake_quant(x, "mxfp4", backend="numba"), lowbit.dequantize(q, backend="triton"))
+
+
+def test_stochastic_bits_are_the_seeds() -> None:
+    # the same seed gives Numba's codes; another seed gives other codes (the bits are used)
+    x = torch.linspace(-20, 20, 2000).reshape(4, 500)
+    a = lowbit.quantize(x, "fp6_e3m2_sr", backend="triton", seed=1).cpu().codes
+    _same("codes", lowbit.quantize(x, "fp6_e3m2_sr", backend="numba", seed=1).codes, a)
+    assert (lowbit.quantize(x, "fp6_e3m2_sr", backend="triton", seed=2).cpu().codes != a).any()
+
+
+def test_formatbooks_are_declared_unimplemented() -> None:
+    books = [n for n in lowbit.formats.names() if isinstance(get(n), Formatbook)]
+    assert books and set(lowbit.formats.names()) - set(REGISTERED) == set(books)
+    assert "triton" not in lowbit.emulate.available_backends(get("dialectfp4"))
+    with pytest.raises(BackendUnavailable, match=r"'triton' does not implement format 'dialectfp4'.*not implemented in the Triton backend yet"):
+        lowbit.fake_quant(torch.zeros(2, 32), "dialectfp4", backend="triton")
+
+
+def test_capability_check_explains_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = TRITON.unavailable_reason()
+    assert reason is not None and "CUDA device" in reason and "TRITON_INTERPRET=1" in reason
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        lowbit.fake_quant(torch.zeros(4), "fp8_e4m3", backend="triton")
+
+
+def test_auto_picks_numba_for_cpu_data() -> None:
+    assert _check_backend_name("auto", torch.zeros(2)) == "numba"
+    assert _check_backend_name("auto", np.zeros(2)) == "numba"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_picks_triton_for_cuda_tensors() -> None:
+    assert _check_backend_name("auto", torch.zeros(2, device="cuda")) == "triton"
