@@ -3,8 +3,8 @@ canonical, signed zeros compared) on codes, scale codes, scale values, tensor sc
 mask, dequantized values in every output dtype and fake_quant, for every registered
 format it implements (plugins included) and for specs covering the remaining policies.
 
-The kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set before
-the backend is first imported). Each program instance costs milliseconds there, so the
+The kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set by
+tests/conftest.py before anything imports Triton). Each program instance costs milliseconds there, so the
 inputs are small and the backend's interpreter tiles keep every launch to a few dozen
 program instances.
 """
@@ -12,27 +12,24 @@ program instances.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_conformance import EXTRA_SPECS
 
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from test_conformance import EXTRA_SPECS  # noqa: E402
-
-import lowbit  # noqa: E402
-from lowbit.emulate import BackendUnavailable  # noqa: E402
-from lowbit.emulate.api import _check_backend_name  # noqa: E402
-from lowbit.formats import E8M0, BlockFormat, CodebookFormat, FloatFormat, IntFormat, evolve, get  # noqa: E402
-from lowbit.formats.spec import BLOCK_SPECS, Formatbook  # noqa: E402
-from lowbit.plugins.builtin_backends import TRITON  # noqa: E402
-from lowbit.plugins.builtin_formats import FP4_E2M1, NVFP4  # noqa: E402
-from lowbit.testing import strategies  # noqa: E402
-from lowbit.testing.conformance import bits, input_dtypes  # noqa: E402
+import lowbit
+from lowbit.emulate import BackendUnavailable
+from lowbit.emulate.api import _check_backend_name
+from lowbit.formats import E8M0, BlockFormat, CodebookFormat, FloatFormat, IntFormat, evolve, get
+from lowbit.formats.spec import BLOCK_SPECS, Formatbook
+from lowbit.plugins.builtin_backends import TRITON
+from lowbit.plugins.builtin_formats import FP4_E2M1, NVFP4
+from lowbit.testing import strategies
+from lowbit.testing.conformance import bits, input_dtypes
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"),
