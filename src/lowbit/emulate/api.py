@@ -289,7 +289,7 @@ def _unpackbits(packed: Any, n: int) -> Any:
     if not _is_tensor(packed):
         return np.unpackbits(packed, axis=-1, count=n).astype(bool)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) & weights) != 0).reshape(packed.shape[0], -1)[:, :n]
+    return ((packed.unsqueeze(-1) & weights) != 0).reshape(packed.shape[0], -1)[:, :n].contiguous()  # kernels index it flat
 
 
 def _dispatch(spec: Any, backend: str, data: Any) -> tuple[ModuleType, bool]:

@@ -17,8 +17,12 @@ Numba; ``nan="raise"`` formats raise on it).
 
 Runs on a CUDA device, or on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests: each program instance costs milliseconds there, so tiles
-are made large enough for a few dozen program instances per launch). Formatbooks
-are not implemented yet (see ``TRITON`` in :mod:`lowbit.plugins.builtin_backends`).
+are made large enough for a few dozen program instances per launch).
+
+Formatbooks (BlockDialect: mse, two_stage and lut selection, sub-formatbooks
+included) run the kernels of :mod:`lowbit.emulate._triton_dialect` on the tables of
+the Numba backend (``_numba_dialect._params``); the only host synchronisation is,
+for a scale format without a NaN code, whether any NaN block needs a NaN mask.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import numpy as np
 import torch
 import triton
 
+from lowbit.emulate import _triton_dialect as D
 from lowbit.emulate import _triton_kernels as K
+from lowbit.emulate._numba_dialect import _params as _dialect_params
 from lowbit.emulate.backends import Parts
 from lowbit.emulate.numba_backend import (
     OUT_KINDS,
@@ -41,7 +47,7 @@ from lowbit.emulate.numba_backend import (
     element_params,
     element_table,
 )
-from lowbit.formats.spec import BlockFormat, ExpScaleFormat
+from lowbit.formats.spec import BlockFormat, ExpScaleFormat, Formatbook
 
 IN_KINDS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 OUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -130,12 +136,89 @@ def _block_consts(spec: BlockFormat, device: torch.device) -> dict[str, Any]:
             "BP": bp, "BF": bf, "SP": sp}  # fmt: skip
 
 
+def _dialect_args(spec: Formatbook, x: torch.Tensor, subbooks: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(table tensors and sub-formatbook masks, constexprs) of the Formatbook kernels: the
+    Numba backend's tables on x's device; without sub-formatbooks the mask pointers are
+    placeholders the kernels never read (HAS_SUB=False)."""
+    bp, fp, du, dv, err, idx, ben, pair, ni = _dialect_params(spec)
+    tables = tuple(torch.from_numpy(t).to(x.device) for t in (du, dv, err, idx, ben, pair))
+    if subbooks is None:
+        masks = (tables[0], tables[0])
+    else:
+        allowed, sub = subbooks
+        masks = (torch.from_numpy(allowed.astype(np.int8)).to(x.device), torch.from_numpy(sub).to(x.device))
+    nd = len(spec.dialects)
+    consts = {"BP": bp, "FP": fp, "ND": nd, "NDP": triton.next_power_of_2(nd), "NI": ni,
+              "HAS_SUB": subbooks is not None}  # fmt: skip
+    return (*tables, *masks), consts
+
+
+def _dialect_tile(spec: Formatbook, total_blocks: int) -> tuple[int, int]:
+    """(G, BSP) of the quantize and fake_quant kernels: on a GPU, mse and lut score every
+    dialect on a (G, BSP, dialects) tile, so G shrinks to keep that tile at GPU_TILE."""
+    g, bsp = _block_tile(total_blocks, spec.block_size)
+    if interpreting() or spec.selection == "two_stage":
+        return g, bsp
+    return max(GPU_TILE // (bsp * triton.next_power_of_2(len(spec.dialects))), 1), bsp
+
+
+def _quantize_dialect(spec: Formatbook, x: torch.Tensor, subbooks: Any) -> Parts:
+    rows, n = x.shape
+    xin, kind = _in(x)
+    nb = -(-n // spec.block_size)
+    codes = torch.empty((rows, n), dtype=torch.uint8, device=x.device)
+    mask = torch.empty((rows, n), dtype=torch.int8, device=x.device)
+    scale_codes = torch.empty((rows, nb), dtype=torch.uint8, device=x.device)
+    scales = torch.empty((rows, nb), dtype=torch.float64, device=x.device)
+    ids = torch.empty((rows, nb), dtype=torch.uint8, device=x.device)
+    tables, consts = _dialect_args(spec, x, subbooks)
+    g, bsp = _dialect_tile(spec, rows * nb)
+    _launch(D.quant_dialect, rows * nb, g, xin, codes, scale_codes, scales, ids, mask, *tables, n, nb, rows * nb,
+            **consts, IN_KIND=kind, G=g, BSP=bsp)  # fmt: skip
+    has_mask = spec.scale.nan_code is None and bool(mask.any())
+    return Parts(codes=codes, scale_codes=scale_codes, scales=scales, nan_mask=mask.bool() if has_mask else None,
+                 dialect_ids=ids)  # fmt: skip
+
+
+def _dequantize_dialect(spec: Formatbook, parts: Parts, out: str) -> torch.Tensor:
+    # the kernel indexes (rows, n) and (rows, blocks) arrays by flat offsets: make them dense
+    # (the API's unpacked NaN mask is a column slice)
+    codes, scales, ids = (a.contiguous() for a in (parts.codes, parts.scales, parts.dialect_ids))
+    rows, n = codes.shape
+    nb = scales.shape[1]
+    res, store = _out((rows, n), out, codes.device)
+    g, bsp = _block_tile(rows * nb, spec.block_size)
+    dv = torch.from_numpy(_dialect_params(spec)[3]).to(codes.device)
+    mask = parts.nan_mask if parts.nan_mask is not None else codes
+    _launch(D.dequant_dialect, rows * nb, g, codes, scales, ids, mask, store, dv, n, nb,
+            rows * nb, BS=spec.block_size, IB=spec.index_bits, NI=len(spec.dialects[0]),
+            HAS_MASK=parts.nan_mask is not None, OUT_KIND=OUT_KINDS[out], OP=OUT_PARAMS.get(out, OUT_PARAMS["float32"]),
+            G=g, BSP=bsp)  # fmt: skip
+    return res
+
+
+def _fake_quant_dialect(spec: Formatbook, x: torch.Tensor, out: str, subbooks: Any) -> torch.Tensor:
+    rows, n = x.shape
+    xin, kind = _in(x)
+    nb = -(-n // spec.block_size)
+    res, store = _out((rows, n), out, x.device)
+    tables, consts = _dialect_args(spec, x, subbooks)
+    g, bsp = _dialect_tile(spec, rows * nb)
+    _launch(D.fq_dialect, rows * nb, g, xin, store, *tables, n, nb, rows * nb, **consts, IN_KIND=kind,
+            OUT_KIND=OUT_KINDS[out], OP=OUT_PARAMS.get(out, OUT_PARAMS["float32"]), G=g, BSP=bsp)  # fmt: skip
+    return res
+
+
 # ---------------------------------------------------------------------------
 # the backend functions (tensors in, tensors out)
 
 
-def quantize(spec: Any, x: torch.Tensor, *, seed: int | None) -> Parts:
+def quantize(spec: Any, x: torch.Tensor, *, seed: int | None, subbooks: Any = None) -> Parts:
+    """``subbooks`` (Formatbooks only, as the Numba backend takes it): None, or (allowed
+    (sub-formatbooks, dialects) bool, sub (rows, blocks) int32) numpy arrays."""
     check_device(x)
+    if isinstance(spec, Formatbook):
+        return _quantize_dialect(spec, x, subbooks)
     rows, n = x.shape
     xin, kind = _in(x)
     seed_mul, use_seed = _seed_args(seed)
@@ -172,6 +255,8 @@ def quantize(spec: Any, x: torch.Tensor, *, seed: int | None) -> Parts:
 def dequantize(spec: Any, parts: Parts, out: str) -> torch.Tensor:
     codes = parts.codes
     check_device(codes)
+    if isinstance(spec, Formatbook):
+        return _dequantize_dialect(spec, parts, out)
     rows, n = codes.shape
     res, store = _out((rows, n), out, codes.device)
     okind, op = OUT_KINDS[out], OUT_PARAMS.get(out, OUT_PARAMS["float32"])
@@ -196,8 +281,10 @@ def dequantize(spec: Any, parts: Parts, out: str) -> torch.Tensor:
     return res
 
 
-def fake_quant(spec: Any, x: torch.Tensor, *, seed: int | None, out: str) -> torch.Tensor:
+def fake_quant(spec: Any, x: torch.Tensor, *, seed: int | None, out: str, subbooks: Any = None) -> torch.Tensor:
     check_device(x)
+    if isinstance(spec, Formatbook):
+        return _fake_quant_dialect(spec, x, out, subbooks)
     rows, n = x.shape
     xin, kind = _in(x)
     res, store = _out((rows, n), out, x.device)

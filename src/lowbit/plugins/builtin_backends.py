@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable
 
 from lowbit.emulate.backends import Backend
-from lowbit.formats.spec import SPEC_TYPES, Formatbook
+from lowbit.formats.spec import SPEC_TYPES
 from lowbit.hookspecs import hookimpl
 
 REFERENCE = Backend(
@@ -39,19 +39,12 @@ def _triton_check() -> str | None:
     )
 
 
-def _triton_limits(spec: Any) -> str | None:
-    if isinstance(spec, Formatbook):
-        return "formatbooks (per-block dialect selection) are not implemented in the Triton backend yet"
-    return None
-
-
 TRITON = Backend(
     name="triton",
     module="lowbit.emulate.triton_backend",
     specs=SPEC_TYPES,
     requires=("triton",),
     check=_triton_check,
-    limits=_triton_limits,
     tensors=True,
     description="Triton kernels on torch tensors (CUDA, or TRITON_INTERPRET=1), bit-identical to Numba",
 )
