@@ -38,19 +38,21 @@ BLOCKS = ("mxfp4", "nvfp4", "dialectfp4")
 
 @pytest.fixture(scope="session")
 def hdl(tmp_path_factory: pytest.TempPathFactory):
-    """hdl(format name) -> the folder holding all its units, converted once per
+    """hdl(format name[, kinds]) -> the folder holding its units, converted once per
     test run (per format, so xdist workers share the work: their base temps
     share a parent that is this run's alone)."""
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lowbit_hdl"
     root.mkdir(exist_ok=True)
 
-    def get(name: str) -> Path:
-        out = root / name
-        with open(root / f".{name}.lock", "w") as lock:
+    def get(name: str, kinds: tuple[str, ...] = ()) -> Path:
+        """``kinds``: only these units (default: all of the format's)."""
+        key = "-".join((name, *kinds))
+        out = root / key
+        with open(root / f".{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (out / ".done").exists():
-                convert.generate([(name, kind) for kind in units_for(formats.get(name))], out)
+                convert.generate([(name, kind) for kind in kinds or units_for(formats.get(name))], out)
                 (out / ".done").write_text("ok")
         return out
 
@@ -104,7 +106,7 @@ def units_of(v: float, lsb_exp: int) -> int:
     return int(u)
 
 
-FULL = (1 << 64) - 1
+FULL = -1  # a care mask of every bit, whatever the port's width
 
 
 def product_expectation(p: float, lsb_exp: int) -> dict:
@@ -182,7 +184,7 @@ def test_stochastic_plugin_format_has_no_encoder_but_a_multiplier():
         units_for(formats.get("fp8_e5m2"))
 
 
-@pytest.mark.parametrize("name", ELEMENTS + BLOCKS)
+@pytest.mark.parametrize("name", ELEMENTS + BLOCKS + ("semantic_dialect",))
 def test_verilator_lint_clean(name, hdl, tools):
     for unit in units_for(formats.get(name)).values():
         verify.lint_verilator(unit, hdl(name))
@@ -287,10 +289,10 @@ def vectors_for(spec, pairs):
 BIG = [HealthCheck.large_base_example, HealthCheck.data_too_large, HealthCheck.too_slow]
 
 PAIRS = {name: st.lists(st.tuples(block_strategy(formats.get(name).block_size), block_strategy(formats.get(name).block_size)),
-                        min_size=12, max_size=12) for name in BLOCKS}
+                        min_size=12, max_size=12) for name in BLOCKS + ("semantic_dialect",)}
 
 
-@pytest.mark.parametrize("name", BLOCKS)
+@pytest.mark.parametrize("name", BLOCKS + ("semantic_dialect",))
 def test_block_dot_unit(name, hdl, tmp_path):
     spec = formats.get(name)
 
@@ -357,6 +359,135 @@ def test_mac_accumulates_block_dots(name, hdl, tmp_path):
     run_everywhere(unit, collected, hdl(name), tmp_path, myhdl=False)
 
 
+# ---------------------------------------------------------------------------
+# block quantizer and dequantizer
+
+
+def float32_bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, np.float32).view(np.uint32)
+
+
+def mx_edge_blocks(spec) -> np.ndarray:
+    """Hand-picked float32 blocks: every eighth of an element LSB at one scale,
+    all zero, all -0, every rounding tie of the element grid, values just off
+    the ties, the largest and smallest exponents, subnormals, and NaN / Inf blocks."""
+    n = spec.block_size
+    vals = numba_decode(spec.element, np.arange(1 << spec.element.bits))
+    grid = sorted({abs(float(v)) for v in vals if math.isfinite(v)})
+    top = grid[-1]
+    ties = [(x + y) / 2 for x, y in zip(grid, grid[1:])] + [top + (top - grid[-2]) / 2]  # the last: the overflow midpoint
+    pattern = ties + [np.nextafter(np.float32(t), np.float32(0)) for t in ties] + [np.nextafter(np.float32(t), np.float32(np.inf)) for t in ties]
+    biggest = float(np.finfo(np.float32).max)
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+
+    def block(values) -> np.ndarray:
+        out = np.zeros(n, np.float32)
+        v = np.array(values, np.float32)[:n]
+        out[: len(v)] = v
+        return out
+
+    signs = np.where(np.arange(n) % 2, -1, 1).astype(np.float32)
+    # every eighth of an element LSB below 2^(emax + 1), each block's scale pinned to 1
+    # by its first element: the encoder's guard bits and the sticky bit at every offset
+    pin = 2.0 ** spec.element.emax
+    fine = np.arange(0, 2 * pin, 2.0 ** (element_tables(spec.element).lsb_exp - GUARD_BITS - 1))
+    steps = [block([pin, *fine[k : k + n - 1]]) * signs for k in range(0, len(fine), n - 1)]
+    blocks = steps + [
+        np.zeros(n, np.float32),
+        -np.zeros(n, np.float32),
+        block([2.0 ** spec.element.emax] + pattern) * signs,  # amax a power of two: the element grid unscaled
+        block([2.0 ** spec.element.emax * 1.999] + pattern),
+        block([biggest, -biggest / 3, 1.0, tiny]),
+        block([biggest / 2 ** 30, 2.0 ** -120, -(2.0 ** -126)]),
+        block([tiny, -tiny * 3, tiny * 1000, 2.0 ** -127]),  # subnormal amax: the smallest scale
+        block([2.0 ** -127 * 7, 2.0 ** -126, 2.0 ** -125 * 1.5]),
+        block([1.0, float("nan"), 2.0]),
+        block([float("inf"), 1.0]),
+        block([-float("inf")]),
+    ]
+    return np.stack(blocks)
+
+
+def quant_vectors(spec, x: np.ndarray) -> list[dict]:
+    q = lowbit.quantize(x, spec, backend="numba")
+    codes, bits = q.unpacked_codes(), spec.element.bits
+    xb = float32_bits(x)
+    return [{"x": flat(xb[i], 32), "q": (flat(codes[i], bits), FULL), "s": (int(q.scale_codes[i, 0]), FULL)}
+            for i in range(len(x))]
+
+
+def drawn_blocks(spec, draw_sets: int) -> np.ndarray:
+    """Hypothesis-drawn float32 blocks: values of one magnitude range, and raw
+    finite float32 bit patterns (every exponent)."""
+    n = spec.block_size
+    patterns = st.integers(0, (1 << 32) - 1).filter(lambda b: (b >> 23) & 0xFF != 0xFF)
+    blocks = st.one_of(block_strategy(n).map(lambda b: [np.float32(v) * np.float32(2.0 ** b[1]) for v in b[0]]),
+                       st.lists(patterns, min_size=n, max_size=n).map(lambda b: list(np.array(b, np.uint32).view(np.float32))))
+
+    @settings(max_examples=draw_sets, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
+    @given(st.lists(blocks, min_size=12, max_size=12))
+    def collect(bs):
+        out.extend(bs)
+
+    out: list = []
+    collect()
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp6_e3m2"])
+def test_mx_block_quantizer(name, hdl, tmp_path):
+    spec = formats.get(name)
+    x = np.concatenate([mx_edge_blocks(spec), drawn_blocks(spec, 4)])
+    vectors = quant_vectors(spec, x)
+    scales = {v["s"][0] for v in vectors}
+    assert {0, spec.scale.nan_code} <= scales and len(scales) > 20  # the clamp, NaN blocks and many exponents
+    run_everywhere(unit_for(spec, "quant"), vectors, hdl(name) if name in BLOCKS else hdl(name, ("quant",)), tmp_path, myhdl=False)
+
+
+def test_block_quantizer_is_refused_with_the_reason():
+    assert "quant" in units_for(formats.get("mxfp4")) and "quant" not in units_for(formats.get("nvfp4"))
+    for name in ("nvfp4", "mxfp4_ceil"):
+        with pytest.raises(Unsupported, match="'floor' rule"):
+            unit_for(formats.get(name), "quant")
+    with pytest.raises(Unsupported, match="exact arithmetic"):
+        unit_for(formats.get("mxfp4@torchao"), "quant")
+
+
+def dequant_vectors(spec, x: np.ndarray) -> list[dict]:
+    """The dequant unit's inputs (Numba's codes) and outputs (Numba's dequantized
+    values with the block scale, and the per-tensor scale, divided out)."""
+    q = lowbit.quantize(x, spec, backend="numba")
+    deq = np.asarray(lowbit.dequantize(q, backend="numba", dtype="float64"))
+    t = element_tables(spec.element)
+    codes, bits = q.unpacked_codes(), spec.element.bits
+    pow2 = isinstance(spec.scale, ExpScaleFormat)
+    wm = t.mag_bits if pow2 else t.mag_bits + element_tables(spec.scale).mag_bits
+    ts = Fraction(q.tensor_scale or 1)
+    vectors = []
+    for i in range(len(x)):
+        sc = int(q.scale_codes[i, 0])
+        nan = bool(np.isnan(deq[i]).any())
+        if pow2:
+            unit = Fraction(2) ** (sc - spec.scale.bias + t.lsb_exp) if not nan else None
+        else:
+            unit = ts * Fraction(2) ** (t.lsb_exp + element_tables(spec.scale).lsb_exp)
+        v = 0
+        for j, d in enumerate(deq[i]):
+            if not nan:
+                v |= (units_of(float(Fraction(float(d)) / unit), 0) | int(math.copysign(1, d) < 0) << wm) << (j * (wm + 1))
+        vectors.append({"q": flat(codes[i], bits), "s": sc, "v": (v, 0 if nan else FULL), "nan": (int(nan), FULL)})
+    return vectors
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4"])
+def test_block_dequantizer(name, hdl, tmp_path):
+    spec = formats.get(name)
+    x = np.concatenate([mx_edge_blocks(spec), drawn_blocks(spec, 2)])
+    vectors = dequant_vectors(spec, x)
+    assert 0 < sum(v["nan"][0] for v in vectors) < len(vectors)
+    run_everywhere(unit_for(spec, "dequant"), vectors, hdl(name), tmp_path, myhdl=False)
+
+
 def selector_level(book: Formatbook, x: float, scale: float) -> int:
     """A scaled magnitude as the selector's fixed-point input (spec: ``fixed_point``)."""
     u = Fraction(abs(float(x))) / Fraction(float(scale)) / (Fraction(book.grid) / 2)
@@ -364,13 +495,14 @@ def selector_level(book: Formatbook, x: float, scale: float) -> int:
     return min(q, book.levels - 1)
 
 
-@pytest.mark.parametrize("kind", ["select", "select_lut"])
-def test_selector_picks_numba_dialect(kind, hdl, tmp_path):
-    """``select`` against DialectFP4 (two-stage selection); ``select_lut``, a unit
-    of the same formatbook, against the formatbook with ``lut`` selection."""
-    hw_book = formats.get("dialectfp4")
-    assert hw_book.selection == "two_stage"
-    book = hw_book if kind == "select" else formats.evolve(hw_book, name="dialectfp4_lut", selection="lut")
+@pytest.mark.parametrize(("name", "kind"), [("dialectfp4", "select"), ("dialectfp4", "select_lut"), ("semantic_dialect", "select_lut")])
+def test_selector_picks_numba_dialect(name, kind, hdl, tmp_path):
+    """``select`` against DialectFP4 (two-stage selection); ``select_lut`` against
+    the formatbook with ``lut`` selection (DialectFP4 evolved to it, and
+    semantic_dialect, a quarter-grid book of 32 dialects that selects so)."""
+    hw_book = formats.get(name)
+    assert hw_book.selection == ("two_stage" if name == "dialectfp4" else "lut")
+    book = hw_book if kind == "select" or hw_book.selection == "lut" else formats.evolve(hw_book, name=f"{name}_lut", selection="lut")
     unit = unit_for(hw_book, kind)
     lb = (book.levels - 1).bit_length()
 
@@ -386,7 +518,7 @@ def test_selector_picks_numba_dialect(kind, hdl, tmp_path):
     collected: list[dict] = []
     collect()
     assert len({v["dialect_id"][0] for v in collected}) > 1  # the vectors exercise more than one dialect
-    run_everywhere(unit, collected, hdl("dialectfp4"), tmp_path, myhdl=False)
+    run_everywhere(unit, collected, hdl(name), tmp_path, myhdl=False)
 
 
 def test_generation_is_reproducible(tmp_path):

@@ -6,7 +6,7 @@
 ``lowbit compare``      error of several formats on one tensor
 ``lowbit demo``         the format table and a comparison on a bundled sample tensor
 ``lowbit hdl generate`` a format's hardware unit as Verilog and VHDL-2008
-``lowbit hdl report``   Yosys cost of the element multipliers, block dot units and selectors
+``lowbit hdl report``   Yosys cost of the element multipliers, block dot, quantizer and dequantizer units and selectors
 
 Tensors are read as torch tensors (``.npy`` through numpy, ``.safetensors``
 through safetensors.torch, so bfloat16 files work) and every number comes from
@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_hdl_generate)
     sub.add_argument("format", help="a registered format name")
     sub.add_argument("--unit", required=True,
-                     help="comma-separated units: decoder, encoder, mul, mul_expadd (element formats); dot, mac (block formats); select_lut, select (formatbooks)")
+                     help="comma-separated units: decoder, encoder, mul, mul_expadd (element formats); dot, mac, quant, dequant (block formats); select_lut, select (formatbooks)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     sub.add_argument("--lang", default="verilog,vhdl", help="verilog, vhdl or both (default)")
     sub = hdl_commands.add_parser("report", help="synthesize the units with Yosys: cells, transistors, NAND2 equivalents",

@@ -73,22 +73,27 @@ def add2(x: Any, y: Any, s: Any) -> Any:
     return add
 
 
-@block
-def adder_tree(terms: Sequence[Any], out: Any, signed: bool) -> list[Any]:
-    """Instances summing ``terms`` into ``out`` (a balanced tree of add2)."""
-    insts: list[Any] = []
+def tree_wiring(terms: Sequence[Any], out: Any, inner: Any) -> list[tuple[Any, Any, Any]]:
+    """(x, y, s) of every two-input node of a balanced tree reducing ``terms``
+    onto ``out``; ``inner(x, y)`` makes an inner node's output signal."""
+    nodes = []
     level = list(terms)
     while len(level) > 1:
         nxt = []
         for i in range(0, len(level) - 1, 2):
-            w = max(len(level[i]), len(level[i + 1])) + 1
-            s = out if len(level) == 2 else sig(w, signed)
-            insts.append(add2(level[i], level[i + 1], s))
+            s = out if len(level) == 2 else inner(level[i], level[i + 1])
+            nodes.append((level[i], level[i + 1], s))
             nxt.append(s)
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
-    return insts
+    return nodes
+
+
+@block
+def adder_tree(terms: Sequence[Any], out: Any, signed: bool) -> list[Any]:
+    """Instances summing ``terms`` into ``out`` (a balanced tree of add2)."""
+    return [add2(x, y, s) for x, y, s in tree_wiring(terms, out, lambda x, y: sig(max(len(x), len(y)) + 1, signed))]
 
 
 @block
@@ -112,8 +117,23 @@ def any_set(bits: Any, y: Any) -> Any:
     return reduce
 
 
-def _slices(bus: Any, n: int, width: int) -> list[Any]:
+def slices(bus: Any, n: int, width: int) -> list[Any]:
     return [bus((i + 1) * width, i * width) for i in range(n)]
+
+
+@block
+def copy(x: Any, y: Any) -> Any:
+    @always_comb
+    def wire() -> None:
+        y.next = x
+
+    return wire
+
+
+@block
+def max_tree(terms: Sequence[Any], out: Any) -> list[Any]:
+    """Instances putting the largest of ``terms`` (unsigned) on ``out``: a tree of max2."""
+    return [max2(x, y, m) for x, y, m in tree_wiring(terms, out, lambda x, y: sig(len(out)))]
 
 
 @block
@@ -122,7 +142,7 @@ def dot_block(a: Any, b: Any, sa: Any, sb: Any, total: Any, scale: Any, nan: Any
     n, bits, m = spec.block_size, spec.element.bits, t.mag_bits
     insts: list[Any] = []
     terms, flags = [], []
-    for ea, eb in zip(_slices(a, n, bits), _slices(b, n, bits)):
+    for ea, eb in zip(slices(a, n, bits), slices(b, n, bits)):
         s, mg, fn, fi, term = sig(1), sig(2 * m), sig(1), sig(1), sig(2 * m + 1, True)
         insts += [multiplier(ea, eb, s, mg, fn, fi, t, spec.element), signed_term(s, mg, term)]
         terms.append(term)
@@ -207,7 +227,7 @@ def dot_formatbook(a: Any, b: Any, ida: Any, idb: Any, sa: Any, sb: Any, total: 
     insts: list[Any] = [expand_row(ida, cols_a, book), expand_row(idb, cols_b, book)]
     insts.append(add2(sa, sb, exp))
     terms = []
-    for ca, cb in zip(_slices(a, n, ib + 1), _slices(b, n, ib + 1)):
+    for ca, cb in zip(slices(a, n, ib + 1), slices(b, n, ib + 1)):
         s_a, s_b, m_a, m_b, term = sig(1), sig(1), sig(g), sig(g), sig(2 * g + 1, True)
         insts += [dialect_element(ca, row_a, s_a, m_a, ib, g), dialect_element(cb, row_b, s_b, m_b, ib, g)]
         insts.append(mul_terms(s_a, m_a, s_b, m_b, term))
@@ -380,23 +400,14 @@ def decide(pair: Any, ca: Any, cb: Any, dialect_id: Any, tie: int) -> Any:
 def select_two_stage(lv: Any, dialect_id: Any, book: Formatbook) -> Any:
     n, lb = book.block_size, level_bits(book)
     pair_of, ben_a, ben_b = two_stage_tables(book)
-    levels = _slices(lv, n, lb)
+    levels = slices(lv, n, lb)
     insts: list[Any] = []
     # stage 1: the block maximum picks the pair
-    level = levels
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level) - 1, 2):
-            m = sig(lb)
-            insts.append(max2(level[i], level[i + 1], m))
-            nxt.append(m)
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    top = sig(lb - 1)
+    mx, top = sig(lb), sig(lb - 1)
+    insts.append(max_tree(levels, mx))
     pbits = max(1, (len(book.dialects) // 2 - 1).bit_length())
     pair = Signal(intbv(0)[pbits:])
-    insts += [top_grid(level[0], top), rom(top, pair, pair_of)]
+    insts += [top_grid(mx, top), rom(top, pair, pair_of)]
     # stage 2: the pair's beneficial-range masks, expanded once, then one bit per level
     counts = []
     for table in (ben_a, ben_b):
@@ -456,7 +467,7 @@ def select_lut(lv: Any, dialect_id: Any, book: Formatbook) -> Any:
     err = lut_errors(book)
     ebits = max(max(row) for row in err).bit_length()
     sbits = ebits + (n - 1).bit_length()
-    levels = _slices(lv, n, lb)
+    levels = slices(lv, n, lb)
     insts: list[Any] = []
     sums = []
     for d in range(nd):

@@ -101,6 +101,21 @@ def product_flags(ma: Any, na: Any, ia: Any, mb: Any, nb: Any, ib: Any, nan: Any
 
 
 @block
+def product_sign(sa: Any, sb: Any, nan_i: Any, sign: Any, nan: Any) -> Any:
+    """The product's sign (0 for NaN) and its NaN flag."""
+
+    @always_comb
+    def flags() -> None:
+        if nan_i:
+            sign.next = 0
+        else:
+            sign.next = sa ^ sb
+        nan.next = nan_i
+
+    return flags
+
+
+@block
 def mul_rom(a: Any, b: Any, sign: Any, mag: Any, nan: Any, inf: Any, t: ElementTables) -> Any:
     m = t.mag_bits
     sa, sb, na, nb, ia, ib = (Signal(bool(0)) for _ in range(6))
@@ -110,16 +125,12 @@ def mul_rom(a: Any, b: Any, sign: Any, mag: Any, nan: Any, inf: Any, t: ElementT
     @always_comb
     def prod() -> None:
         mag.next = ma * mb
-        if nan_i:
-            sign.next = 0
-        else:
-            sign.next = sa ^ sb
-        nan.next = nan_i
 
     return (
         decoder(a, sa, ma, na, ia, t),
         decoder(b, sb, mb, nb, ib, t),
         product_flags(ma, na, ia, mb, nb, ib, nan_i, inf),
+        product_sign(sa, sb, nan_i, sign, nan),
         prod,
     )
 
@@ -162,11 +173,6 @@ def mul_expadd(a: Any, b: Any, sign: Any, mag: Any, nan: Any, inf: Any, t: Eleme
         sh = intbv(0)[eb + 1 :]
         sh[:] = xa + xb
         mag.next = (siga * sigb) << sh
-        if nan_i:
-            sign.next = 0
-        else:
-            sign.next = sa ^ sb
-        nan.next = nan_i
 
     return (
         float_fields(a, siga, xa, eb, mb_),
@@ -175,6 +181,7 @@ def mul_expadd(a: Any, b: Any, sign: Any, mag: Any, nan: Any, inf: Any, t: Eleme
         rom(a, na, t.nan), rom(b, nb, t.nan),
         rom(a, ia, t.inf), rom(b, ib, t.inf),
         product_flags(siga, na, ia, sigb, nb, ib, nan_i, inf),
+        product_sign(sa, sb, nan_i, sign, nan),
         prod,
     )
 

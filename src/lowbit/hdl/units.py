@@ -4,7 +4,9 @@ the simulators and the cost report all read.
 Element formats (FloatFormat, IntFormat, CodebookFormat): ``decoder``,
 ``encoder`` (not for stochastic rounding), ``mul`` (decode and multiply) and, for
 float formats with gradual underflow, ``mul_expadd``. Block formats
-(BlockFormat, and Formatbook): ``dot`` and ``mac``; a Formatbook also gets
+(BlockFormat, and Formatbook): ``dot`` and ``mac``; a BlockFormat also gets
+``dequant`` and, with a power-of-two scale and the ``floor`` rule, ``quant``
+(see ``blockquant``); a Formatbook also gets
 ``select_lut`` (exhaustive least squares, the spec's ``lut`` rule) and, with
 two-stage selection, ``select``. A spec that does not fit a generic generator
 raises :class:`~lowbit.hdl.tables.Unsupported` with the reason.
@@ -20,6 +22,7 @@ from myhdl import Signal
 
 from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat, Formatbook
 from lowbit.hdl import block as blk
+from lowbit.hdl import blockquant as bq
 from lowbit.hdl import element as el
 from lowbit.hdl.tables import ELEMENT_TYPES, Unsupported, element_tables
 
@@ -112,7 +115,23 @@ def _block_units(spec: BlockFormat) -> dict[str, Unit]:
         module_name(spec, "dot"), "dot", ins + (Port("total", tw, True, True), scale_port, Port("nan", 1, True)),
         blk.dot_pow2 if scale_port.name == "exp" else blk.dot_block, {"spec": spec},
     )
-    return {"dot": dot, "mac": _mac_unit(spec, ins)}
+    units = {"dot": dot, "mac": _mac_unit(spec, ins)}
+    try:
+        bq.quant_constants(spec)
+    except Unsupported:
+        pass
+    else:
+        units["quant"] = Unit(
+            module_name(spec, "quant"), "quant",
+            (Port("x", n * bq.IN_BITS), Port("q", n * b, True), Port("s", spec.scale.bits, True)),
+            bq.block_quant, {"spec": spec},
+        )
+    units["dequant"] = Unit(
+        module_name(spec, "dequant"), "dequant",
+        (Port("q", n * b), Port("s", spec.scale.bits), Port("v", n * (bq.dequant_mag_bits(spec) + 1), True), Port("nan", 1, True)),
+        bq.block_dequant, {"spec": spec},
+    )
+    return units
 
 
 def _mac_unit(spec: Any, ins: tuple[Port, ...]) -> Unit:
@@ -166,6 +185,8 @@ def unit_for(spec: Any, kind: str) -> Unit:
     units = units_for(spec)
     if kind == "encoder" and isinstance(spec, ELEMENT_TYPES) and kind not in units:
         raise Unsupported(element_tables(spec).encoder_note)
+    if kind == "quant" and isinstance(spec, BlockFormat) and kind not in units:
+        bq.quant_constants(spec)  # raises Unsupported with the reason
     if kind not in units:
         raise Unsupported(f"{spec.name} has no {kind!r} unit; it has: {', '.join(units)}")
     return units[kind]

@@ -111,7 +111,18 @@ def write_vectors(unit: Unit, vectors: Sequence[dict[str, Any]], path: Path) -> 
     return word
 
 
+#: names the test benches declare; a port of the same name would be shadowed
+BENCH_NAMES = frozenset({"mem", "got", "i", "errors", "tb", "f", "l", "din", "want", "mask", "zero", "k", "run", "dut"})
+
+
+def _check_port_names(unit: Unit) -> None:
+    clash = sorted(p.name for p in unit.ports if p.name in BENCH_NAMES)
+    if clash:
+        raise ValueError(f"{unit.module}: port names {', '.join(clash)} clash with the test bench's own names")
+
+
 def verilog_testbench(unit: Unit, n: int, word: int, vec_file: str) -> str:
+    _check_port_names(unit)
     ports = [p for p in unit.ports if p.name != "clk"]
     fields = sum(2 if p.out else 1 for p in ports)
     decl = [f"reg [{word - 1}:0] mem [0:{n * fields - 1}];", f"reg [{word - 1}:0] got;"]
@@ -162,6 +173,7 @@ def _vhdl_type(p: Port) -> str:
 
 
 def vhdl_testbench(unit: Unit, word: int, vec_file: str) -> str:
+    _check_port_names(unit)
     decl = [f"  signal {p.name} : {_vhdl_type(p)};" for p in unit.ports]
     conn = ", ".join(f"{p.name} => {p.name}" for p in unit.ports)
     body = []
@@ -179,11 +191,11 @@ def vhdl_testbench(unit: Unit, word: int, vec_file: str) -> str:
                 "      end if;",
             ]
         else:
-            body.append("      hread(l, v);")
+            body.append("      hread(l, din);")
             if _vhdl_type(p) == "std_logic":
-                body.append(f"      {p.name} <= v(0);")
+                body.append(f"      {p.name} <= din(0);")
             else:
-                body.append(f"      {p.name} <= {'signed' if p.signed else 'unsigned'}(v({p.width - 1} downto 0));")
+                body.append(f"      {p.name} <= {'signed' if p.signed else 'unsigned'}(din({p.width - 1} downto 0));")
     # inputs are read first, then the clock edge, then the outputs are checked
     first_out = next(i for i, line in enumerate(body) if line.startswith("      hread(l, want)"))
     step = ["      wait for 1 ns;"]
@@ -206,7 +218,7 @@ begin
   run : process
     file f : text open read_mode is "{vec_file}";
     variable l : line;
-    variable v, want, mask, got : std_logic_vector({word - 1} downto 0);
+    variable din, want, mask, got : std_logic_vector({word - 1} downto 0);
     constant zero : std_logic_vector({word - 1} downto 0) := (others => '0');
     variable errors, k : integer := 0;
   begin
