@@ -83,6 +83,7 @@ from lowbit.emulate._numba_fast import (
     _SIGN32,
     _bits_f32,
     _block_amax_bits,
+    _count7,
     _f32_bits,
     _leave_tail,
     _step_sum7,
@@ -509,15 +510,13 @@ def _quant_row(x, codes, left, ids, scale_codes, i, bp, fp, thr):
         k = np.int64(scale_codes[i, b]) - bp[5]
         d = np.uint64(ids[i, b])
         inv = np.float32(_pow2(fp[7] - k))
-        t0, t1, t2, t3, t4, t5, t6 = thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6]
+        t = (thr[d, 0], thr[d, 1], thr[d, 2], thr[d, 3], thr[d, 4], thr[d, 5], thr[d, 6])
         for c in range(bs // _LANES):
             base = np.uint64(b * bs + c * _LANES)
             for lane in range(_LANES):
                 j = base + np.uint64(lane)
                 xb = _f32_bits(xr[j])
-                u = _bits_f32(xb & _ABS32) * inv
-                n = np.int32(u > t0) + np.int32(u > t1) + np.int32(u > t2) + np.int32(u > t3)
-                n += np.int32(u > t4) + np.int32(u > t5) + np.int32(u > t6)
+                n = _count7(_bits_f32(xb & _ABS32) * inv, t)
                 crow[j] = n | sign if xb < 0 else n
 
 

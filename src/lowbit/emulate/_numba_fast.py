@@ -352,6 +352,14 @@ def _step_sum7(v, t, steps):
 
 
 @_jit
+def _count7(v, t):
+    """How many of the 7 sorted float32 thresholds ``t`` (built by :func:`_threshold`) ``v``
+    passes: the index of the nearest of 8 sorted values."""
+    n = np.int32(v > t[0]) + np.int32(v > t[1]) + np.int32(v > t[2]) + np.int32(v > t[3])
+    return n + np.int32(v > t[4]) + np.int32(v > t[5]) + np.int32(v > t[6])
+
+
+@_jit
 def _threshold(t, up):
     """The float32 T with (a > T) == (a >= t if up else a > t) for every float32 a >= 0 (t > 0)."""
     f = np.float32(t)
@@ -592,15 +600,13 @@ def _quant_float_scale_row(x, codes, left, codes_b, i, tab, bs, sign_bit):
         if left[i, b]:
             continue
         c = np.uint64(codes_b[i, b])
-        t0, t1, t2, t3, t4, t5, t6 = tab[c, 0], tab[c, 1], tab[c, 2], tab[c, 3], tab[c, 4], tab[c, 5], tab[c, 6]
+        t = (tab[c, 0], tab[c, 1], tab[c, 2], tab[c, 3], tab[c, 4], tab[c, 5], tab[c, 6])
         for k in range(bs // _LANES):
             base = np.uint64(b * bs + k * _LANES)
             for lane in range(_LANES):
                 j = base + np.uint64(lane)
                 xb = _f32_bits(xr[j])
-                a = _bits_f32(xb & _ABS32)
-                n = np.int32(a > t0) + np.int32(a > t1) + np.int32(a > t2) + np.int32(a > t3)
-                n += np.int32(a > t4) + np.int32(a > t5) + np.int32(a > t6)
+                n = _count7(_bits_f32(xb & _ABS32), t)
                 crow[j] = n | sign_bit if xb < 0 else n
 
 
