@@ -10,9 +10,11 @@ per 32 multiplied by 10). Reported relative to ``mxfp4`` and ``nvfp4``, and the
 gap of the two-stage selection (``dialectfp4``) over exhaustive least squares
 (``dialectfp4_mse``, same table).
 
-Weights and activations of a real small model are not measured yet: nothing
-trained is available offline until the model layer ships its bundled tiny video
-DiT.
+Real data: the weights of every linear layer in the transformer blocks of the
+bundled tiny video DiT (``lowbit.models.tiny_dit``, trained; blocks along the
+reduction axis) and the inputs those layers receive while sampling four captions
+in full precision (20 steps, guidance 3; captured at steps 0, 5, 10, 15 and 19),
+each laid out as rows of 128 so that blocks of 16, 32 and 64 tile them.
 
 Speed: the median time of ``lowbit.fake_quant`` on a size x size float32 Gaussian
 tensor (after a warm-up call, so compilation is excluded), the formats run in
@@ -73,16 +75,46 @@ def samples(kind: str, seed: int = 0) -> np.ndarray:
     return np.asarray(x, np.float32).reshape(-1, 4 * BLOCK)
 
 
+def model_samples(path: str | None = None) -> dict[str, np.ndarray]:
+    """Block-linear weights and activations of the bundled tiny video DiT, rows of 128."""
+    import torch
+
+    from lowbit.models.demo import demo_noise
+    from lowbit.models.shapes import Caption
+    from lowbit.models.tiny_dit import load_bundled, sample
+
+    model = load_bundled(path)
+    linears = {n: m for n, m in model.transformer.named_modules() if n.startswith("blocks.") and isinstance(m, torch.nn.Linear)}
+    captured: list[np.ndarray] = []
+    step = {"i": 0}
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if step["i"] in (0, 5, 10, 15, 19):
+            captured.append(args[0].detach().float().numpy().reshape(-1, 4 * BLOCK))
+
+    handles = [m.register_forward_pre_hook(hook) for m in linears.values()]
+    captions = [Caption.parse(c) for c in ("red circle left", "green square right", "blue triangle up", "yellow circle down")]
+    try:
+        sample(model, captions, demo_noise(len(captions)), steps=20,
+               callback=lambda i, t, v: step.update(i=i + 1))  # fmt: skip
+    finally:
+        for h in handles:
+            h.remove()
+    weights = np.concatenate([m.weight.detach().float().numpy().reshape(-1, 4 * BLOCK) for m in linears.values()])
+    return {"model_weights": weights, "model_activations": np.concatenate(captured)}
+
+
 def available(fmts: tuple[str, ...]) -> tuple[list[str], list[str]]:
     known = set(names())
     return [f for f in fmts if f in known], [f for f in fmts if f not in known]
 
 
-def quality(seed: int) -> dict[str, Any]:
+def quality(seed: int, model: str | None) -> dict[str, Any]:
     fmts, missing = available(QUALITY_FORMATS)
     sse: dict[str, dict[str, float]] = {}
-    for kind in DISTRIBUTIONS:
-        x = samples(kind, seed)
+    data = {kind: samples(kind, seed) for kind in DISTRIBUTIONS}
+    data.update(model_samples(model))
+    for kind, x in data.items():
         x64 = x.astype(np.float64)
         sse[kind] = {f: float(((lowbit.fake_quant(x, f).astype(np.float64) - x64) ** 2).sum()) for f in fmts}
     rel = {
@@ -137,13 +169,13 @@ def report(res: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['numba_threads']} Numba threads; "
         f"load average {res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after",
         "",
-        f"Squared error relative to mxfp4 / nvfp4 ({BLOCKS} blocks of {BLOCK} per distribution):",
+        f"Squared error relative to mxfp4 / nvfp4 ({BLOCKS} blocks of {BLOCK} per synthetic distribution; model rows as described):",
         "",
-        "| format | " + " | ".join(DISTRIBUTIONS) + " |",
-        "|---|" + "---:|" * len(DISTRIBUTIONS),
+        "| format | " + " | ".join(q["relative"]) + " |",
+        "|---|" + "---:|" * len(q["relative"]),
     ]
     for f in q["relative"]["gaussian"]:
-        rel = [q["relative"][k][f] for k in DISTRIBUTIONS]
+        rel = [q["relative"][k][f] for k in q["relative"]]
         cells = [f"{r['vs_mxfp4']:.3f} / {r['vs_nvfp4']:.3f}" for r in rel]
         lines.append(f"| `{f}` | " + " | ".join(cells) + " |")
     gaps = ", ".join(f"{k} {100 * g:+.1f}%" for k, g in q["two_stage_gap"].items())
@@ -166,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=4096, help="rows = columns of the float32 input timed")
     ap.add_argument("--repeats", type=int, default=7, help="timed runs per format (median)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the quality samples")
+    ap.add_argument("--model", help="tiny video DiT checkpoint for the real-data rows (default: the bundled one)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     res: dict[str, Any] = {"machine": machine(), "load_before": load_before}
-    res["quality"] = quality(args.seed)
+    res["quality"] = quality(args.seed, args.model)
     res["speed"] = speed(args.size, args.repeats)
     res["load_after"] = os.getloadavg()
     res["targets"] = targets(res["quality"], res["speed"])

@@ -2,8 +2,7 @@
 
 Golden values come from ``lowbit.quantize`` / ``lowbit.dequantize`` with
 ``backend="numba"``. Every unit runs three ways on the same vectors: MyHDL's
-simulator (element units only, see ``run_everywhere``), the converted Verilog
-under Icarus and the converted VHDL under GHDL; the Verilog is also linted by
+simulator, the converted Verilog under Icarus and the converted VHDL under GHDL; the Verilog is also linted by
 Verilator. Element units are exhaustive (every code, every code pair, every
 encoder input; for 8-bit formats the encoder gets every input within 2 LSBs of a
 value or a rounding midpoint); block units take Hypothesis-drawn blocks. A
@@ -66,18 +65,14 @@ def tools() -> None:
         pytest.skip(f"HDL tools not on PATH: {', '.join(missing)} (`make test` installs them with apt-get when run as root)")
 
 
-def run_everywhere(unit, vectors, hdl_dir: Path, tmp_path: Path, myhdl: bool = True) -> None:
-    """MyHDL (element units), then Icarus and GHDL (skipped with the reason when
-    the tools are missing). Block units skip MyHDL's simulator: elaborating one
-    takes MyHDL tens of seconds in a pytest-xdist worker, and the converted HDL,
-    which the simulators check, is what a user gets."""
-    if myhdl:
-        bad = verify.mismatches(unit, vectors, verify.simulate(unit, vectors))
-        assert not bad, "MyHDL: " + "\n".join(bad[:5])
+def run_everywhere(unit, vectors, hdl_dir: Path, tmp_path: Path) -> None:
+    """MyHDL's simulator (one simulation of all the vectors), then Icarus and GHDL
+    (skipped with the reason when the tools are missing)."""
+    bad = verify.mismatches(unit, vectors, verify.simulate(unit, vectors))
+    assert not bad, "MyHDL: " + "\n".join(bad[:5])
     missing = verify.missing_tools()
     if missing:
-        done = "MyHDL passed; " if myhdl else "MyHDL not run (block unit); "
-        pytest.skip(f"{done}HDL tools not on PATH: {', '.join(missing)} (`make test` installs them as root)")
+        pytest.skip(f"MyHDL passed; HDL tools not on PATH: {', '.join(missing)} (`make test` installs them as root)")
     n, errors, log = verify.run_icarus(unit, vectors, hdl_dir, tmp_path / "icarus")
     assert (n, errors) == (len(vectors), 0), log[-2000:]
     n, errors, log = verify.run_ghdl(unit, vectors, hdl_dir, tmp_path / "ghdl")
@@ -303,7 +298,7 @@ def test_block_dot_unit(name, hdl, tmp_path):
 
     collected: list[dict] = []
     collect()
-    run_everywhere(unit_for(spec, "dot"), collected, hdl(name), tmp_path, myhdl=False)
+    run_everywhere(unit_for(spec, "dot"), collected, hdl(name), tmp_path)
 
 
 def test_mx_nan_block_flags_nan(hdl, tmp_path):
@@ -311,14 +306,14 @@ def test_mx_nan_block_flags_nan(hdl, tmp_path):
     blocks = [([float("nan")] + [1.0] * 31, 0), ([2.0] * 32, 0)]
     vectors, dots = vectors_for(spec, [(blocks[0], blocks[1]), (blocks[1], blocks[1])])
     assert [d[0] for d in dots] == [True, False]
-    run_everywhere(unit_for(spec, "dot"), vectors, hdl("mxfp4"), tmp_path / "dot", myhdl=False)
+    run_everywhere(unit_for(spec, "dot"), vectors, hdl("mxfp4"), tmp_path / "dot")
     # the MAC's nan is sticky until reset; acc is not compared once a NaN went in
     ins = [{k: v[k] for k in ("a", "b", "sa", "sb")} for v in vectors]
     seen_nan = {"acc": (0, 0), "acc_exp": (0, 0), "ovf": (0, 0), "nan": (1, FULL)}
     clear = {"acc": (0, FULL), "acc_exp": (0, FULL), "ovf": (0, FULL), "nan": (0, FULL)}
     seq = [{**ins[1], "rst": 1, "en": 0, **clear}, {**ins[0], "rst": 0, "en": 1, **seen_nan},
            {**ins[1], "rst": 0, "en": 1, **seen_nan}, {**ins[1], "rst": 1, "en": 0, **clear}]
-    run_everywhere(unit_for(spec, "mac"), seq, hdl("mxfp4"), tmp_path / "mac", myhdl=False)
+    run_everywhere(unit_for(spec, "mac"), seq, hdl("mxfp4"), tmp_path / "mac")
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -356,7 +351,7 @@ def test_mac_accumulates_block_dots(name, hdl, tmp_path):
 
     collected: list[dict] = []
     collect()
-    run_everywhere(unit, collected, hdl(name), tmp_path, myhdl=False)
+    run_everywhere(unit, collected, hdl(name), tmp_path)
 
 
 # ---------------------------------------------------------------------------
@@ -441,16 +436,104 @@ def test_mx_block_quantizer(name, hdl, tmp_path):
     vectors = quant_vectors(spec, x)
     scales = {v["s"][0] for v in vectors}
     assert {0, spec.scale.nan_code} <= scales and len(scales) > 20  # the clamp, NaN blocks and many exponents
-    run_everywhere(unit_for(spec, "quant"), vectors, hdl(name) if name in BLOCKS else hdl(name, ("quant",)), tmp_path, myhdl=False)
+    run_everywhere(unit_for(spec, "quant"), vectors, hdl(name) if name in BLOCKS else hdl(name, ("quant",)), tmp_path)
 
 
 def test_block_quantizer_is_refused_with_the_reason():
-    assert "quant" in units_for(formats.get("mxfp4")) and "quant" not in units_for(formats.get("nvfp4"))
-    for name in ("nvfp4", "mxfp4_ceil"):
-        with pytest.raises(Unsupported, match="'floor' rule"):
+    assert "quant" in units_for(formats.get("mxfp4")) and "quant" in units_for(formats.get("nvfp4"))
+    with pytest.raises(Unsupported, match="'floor' rule"):
+        unit_for(formats.get("mxfp4_ceil"), "quant")
+    for name in ("mxfp4@torchao", "nvfp4@torchao", "nvfp4_2level@torchao"):
+        with pytest.raises(Unsupported, match="exact arithmetic"):
             unit_for(formats.get(name), "quant")
-    with pytest.raises(Unsupported, match="exact arithmetic"):
-        unit_for(formats.get("mxfp4@torchao"), "quant")
+
+
+def float_quant_vectors(spec, tensors) -> list[dict]:
+    """Per block of each tensor: its float32 codes and the tensor scale Numba
+    derived from the whole tensor (the unit's ``ts``: the code without its sign
+    bit), and Numba's element and scale codes."""
+    vectors = []
+    for x in tensors:
+        q = lowbit.quantize(x, spec, backend="numba")
+        ts = int(np.array(q.tensor_scale, np.float32).view(np.uint32))
+        assert ts >> 31 == 0
+        codes, bits, xb = q.unpacked_codes(), spec.element.bits, float32_bits(x)
+        vectors += [{"x": flat(xb[i], 32), "ts": ts, "q": (flat(codes[i], bits), FULL), "s": (int(q.scale_codes[i, 0]), FULL)}
+                    for i in range(len(x))]
+    return vectors
+
+
+def nvfp4_edge_tensors(spec) -> list[np.ndarray]:
+    """Hand-picked tensors (a list of float32 arrays of blocks). With the tensor scale
+    pinned to 1 (amax 2688 = 6 * 448): blocks whose amax / 6 is every rounding tie of
+    the scale format (subnormal, binade boundaries, 448's overflow midpoint) and
+    its float32 neighbours, the rest of the block a fixed spread, so elements above
+    a rounded-down scale saturate; blocks with an exact scale and every element
+    tie with its neighbours; zero, -0, NaN and +-Inf blocks. Then tiny tensors
+    (a subnormal tensor scale, one clamped to 2^-149, and one of exactly 2^-149 whose
+    element ties are integers), a huge one (blocks
+    far below it flush) and one with a tensor scale that is not a power of two.
+    The scale's overflow midpoint (464) is not reachable: amax_b / (6 ts) <= 448 (1 + 2^-24)."""
+    n = spec.block_size
+    sv = numba_decode(spec.scale, np.arange(1 << spec.scale.bits))
+    grid = sorted({float(v) for v in sv if math.isfinite(v) and v >= 0})
+    emax = float(spec.element.max_value)
+    # (448's overflow midpoint is out of reach: amax_b / (6 ts) is at most about 448)
+    ties = [(a + b) / 2 for a, b in zip(grid, grid[1:])]
+    spread = np.linspace(-0.95, 0.9, n - 1, dtype=np.float32)
+    signs = np.where(np.arange(n) % 2, -1, 1).astype(np.float32)
+
+    def block(values) -> np.ndarray:
+        out = np.zeros(n, np.float32)
+        v = np.array(values, np.float32)[:n]
+        out[: len(v)] = v
+        return out
+
+    pin = block([grid[-1] * emax])  # amax = 2688: the tensor scale is exactly 1
+    rows = [pin]
+    for t in ties:
+        a = np.float32(t * emax)
+        for amax in (a, np.nextafter(a, np.float32(0)), np.nextafter(a, np.float32(np.inf))):
+            rows.append(np.concatenate([[amax], amax * spread]).astype(np.float32))
+    elem = numba_decode(spec.element, np.arange(1 << spec.element.bits))
+    eg = sorted({abs(float(v)) for v in elem if math.isfinite(v)})
+    eties = [(a + b) / 2 for a, b in zip(eg, eg[1:])]
+    epattern = [x for t in eties for x in (t, np.nextafter(np.float32(t), np.float32(0)), np.nextafter(np.float32(t), np.float32(np.inf)))]
+    for s in (grid[1], grid[3], grid[9], 1.0, 1.125, 13.0, grid[-1]):  # exact scales: subnormal ones first
+        vals = np.array(epattern, np.float32)
+        for k in range(0, len(vals), n - 1):
+            rows.append(block([s * emax, *(vals[k : k + n - 1] * np.float32(s))]) * signs)
+    rows += [np.zeros(n, np.float32), -np.zeros(n, np.float32), block([1.0, float("nan"), 2.0]), block([float("inf"), 1.0]),
+             block([-float("inf")])]
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+    huge = float(np.finfo(np.float32).max)
+    # tensor scale 2^-149 and a block scale of 448: x / (s ts) = k / 448 for x = k * 2^-149,
+    # so every element tie is an integer k, and k +- 1, 2 have their extra bits shifted out
+    # below the comparison's LSB (both sticky positions matter)
+    ks = [448 * t + d for t in eties for d in (-2, -1, 0, 1, 2)]
+    subnormal_ties = [block([grid[-1] * emax * tiny, *(np.array(ks[k : k + n - 1], np.float32) * np.float32(tiny))]) * signs
+                      for k in range(0, len(ks), n - 1)]
+    return [
+        np.stack(rows),
+        np.stack(subnormal_ties),
+        np.stack([block([tiny * 5, -tiny, tiny * 2]), block([tiny]), block([-tiny * 3, tiny * 4])]),  # ts clamped to 2^-149
+        np.stack([block([2.0 ** -126 * 3, 2.0 ** -130]), block([2.0 ** -140 * 7, tiny]), block([2.0 ** -133, 2.0 ** -127])]),
+        np.stack([block([huge, -huge / 3, 1.0]), block([2.0 ** 100, 1.0]), block([1.0, -2.0, 3.0])]),
+        np.stack([block([1000.0, 3.0, -0.5]), block([0.02 * (k + 1) for k in range(n)]), block([2.0 ** -12, 2.0 ** -20])]),
+    ]
+
+
+def test_nvfp4_block_quantizer(hdl, tmp_path):
+    spec = formats.get("nvfp4")
+    drawn = drawn_blocks(spec, 4)
+    tensors = nvfp4_edge_tensors(spec) + [drawn[k : k + 4] for k in range(0, len(drawn), 4)]
+    vectors = float_quant_vectors(spec, tensors)
+    assert vectors[0]["ts"] == 0x3F800000  # the first tensor's scale is pinned to 1
+    scales = {v["s"][0] for v in vectors}
+    subnormal_ts = {v["ts"] for v in vectors if v["ts"] >> 23 == 0}
+    # zero and NaN blocks, the clamp to 2^-9, subnormal scales, 448, many others; subnormal tensor scales
+    assert {0, 0x7F, 1, 2, 3, 0x7E} <= scales and len(scales) > 100 and len(subnormal_ts) >= 2
+    run_everywhere(unit_for(spec, "quant"), vectors, hdl("nvfp4"), tmp_path)
 
 
 def dequant_vectors(spec, x: np.ndarray) -> list[dict]:
@@ -485,7 +568,7 @@ def test_block_dequantizer(name, hdl, tmp_path):
     x = np.concatenate([mx_edge_blocks(spec), drawn_blocks(spec, 2)])
     vectors = dequant_vectors(spec, x)
     assert 0 < sum(v["nan"][0] for v in vectors) < len(vectors)
-    run_everywhere(unit_for(spec, "dequant"), vectors, hdl(name), tmp_path, myhdl=False)
+    run_everywhere(unit_for(spec, "dequant"), vectors, hdl(name), tmp_path)
 
 
 def selector_level(book: Formatbook, x: float, scale: float) -> int:
@@ -518,7 +601,7 @@ def test_selector_picks_numba_dialect(name, kind, hdl, tmp_path):
     collected: list[dict] = []
     collect()
     assert len({v["dialect_id"][0] for v in collected}) > 1  # the vectors exercise more than one dialect
-    run_everywhere(unit, collected, hdl(name), tmp_path, myhdl=False)
+    run_everywhere(unit, collected, hdl(name), tmp_path)
 
 
 def test_generation_is_reproducible(tmp_path):

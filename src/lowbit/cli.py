@@ -4,7 +4,9 @@
 ``lowbit quantize``     a tensor file -> packed codes + scales + metadata (.safetensors)
 ``lowbit dequantize``   that file -> the values it stands for (.npy or .safetensors)
 ``lowbit compare``      error of several formats on one tensor
-``lowbit demo``         the format table and a comparison on a bundled sample tensor
+``lowbit demo``         the bundled video DiT sampled under every built-in recipe
+                       (``--formats``: the format table and a comparison on a sample tensor)
+``lowbit recipes``      every registered model recipe (formats, policies, plugin)
 ``lowbit hdl generate`` a format's hardware unit as Verilog and VHDL-2008
 ``lowbit hdl report``   Yosys cost of the element multipliers, block dot, quantizer and dequantizer units and selectors
 
@@ -344,6 +346,38 @@ def cmd_formats(args: argparse.Namespace, console: Console) -> None:
         console.print(formats_table(infos, "Registered formats"))
 
 
+def recipe_info(name: str) -> dict[str, Any]:
+    """One row of ``lowbit recipes``: the recipe's formats, policies and plugin."""
+    recipe = registry().recipes.get(name)
+    return {
+        "name": name,
+        **{f: getattr(recipe, f) for f in ("weight", "activation", "qk", "pv")},
+        "decomposition": None if recipe.decomposition is None else attrs.asdict(recipe.decomposition),
+        "assignment": None if recipe.assignment is None else attrs.asdict(recipe.assignment),
+        "description": recipe.description,
+        "plugin": registry().recipes.origin[name],
+    }
+
+
+def cmd_recipes(args: argparse.Namespace, console: Console) -> None:
+    """``lowbit recipes``."""
+    infos = [recipe_info(name) for name in registry().recipes.items]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return
+    table = Table(title="Registered recipes (lowbit.emulate.apply(model, name))", title_justify="left")
+    for column in ("name", "weight", "activation", "qk", "pv", "decomposition", "SeDA", "description", "plugin"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        policies = [
+            "-" if p is None else ", ".join(f"{k}={v}" for k, v in p.items())
+            for p in (info["decomposition"], info["assignment"])
+        ]
+        formats_ = [info[f] or "-" for f in ("weight", "activation", "qk", "pv")]
+        table.add_row(info["name"], *formats_, *policies, info["description"], info["plugin"])
+    console.print(table)
+
+
 def cmd_quantize(args: argparse.Namespace, console: Console) -> None:
     """``lowbit quantize``."""
     spec = formats.get(args.format)
@@ -400,7 +434,13 @@ def sample_tensor(seed: int = 0) -> np.ndarray:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> None:
-    """``lowbit demo``: the format table, then lowbit's formats and the presets compared."""
+    """``lowbit demo``: the video demo (lowbit.models.demo), or with ``--formats`` the format tour."""
+    if not args.formats:
+        from lowbit.models import demo
+
+        recipes = demo.DEMO_RECIPES if args.recipes is None else tuple(r for r in args.recipes.split(",") if r)
+        demo.run(args.out, console=console, recipes=recipes, steps=args.steps, seed=args.seed, model_path=args.model)
+        return
     names = formats.names()
     console.print(formats_table([format_info(n) for n in names], "Registered formats"))
     x = torch.from_numpy(sample_tensor())
@@ -493,7 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     numerics(sub)
 
-    command("demo", cmd_demo, "format table and error comparison on a bundled sample tensor")
+    sub = command("demo", cmd_demo, "the bundled video DiT under every built-in recipe: table, GIFs, plots")
+    sub.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
+    sub.add_argument("--recipes", help="comma-separated recipes (default: every built-in one)")
+    sub.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    sub.add_argument("--seed", type=int, default=0, help="noise seed of the first caption (default 0)")
+    sub.add_argument("--model", type=Path, default=None, help="a tiny-DiT checkpoint (default: the bundled one)")
+    sub.add_argument("--formats", action="store_true",
+                     help="instead: the format table and an error comparison on a bundled sample tensor")
+
+    sub = command("recipes", cmd_recipes, "list every registered model recipe")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
 
     hdl = commands.add_parser("hdl", help="hardware generators (MyHDL -> Verilog / VHDL-2008)",
                               description="hardware generators (MyHDL -> Verilog / VHDL-2008)")

@@ -25,6 +25,36 @@ quant (BlockFormat with an E8M0-like power-of-two scale, ``floor`` rule)
     :class:`~lowbit.hdl.tables.Unsupported`; every registered MX float format
     with the ``floor`` rule and exact arithmetic fits (mxfp4, mxfp6_e2m3,
     mxfp6_e3m2, mxfp8_e4m3; mxfp8_e5m2's element tables are refused).
+quant (BlockFormat with a float scale, the ``nearest`` rule and exact arithmetic: nvfp4)
+    x[N*32], ts[31] -> q[N*B], s[scale bits]. ``x`` as above; ``ts`` is the
+    tensor scale: the code of a positive, finite float32 without its sign bit
+    (the emulator's is fl32(amax_tensor / (elem_max * scale_max)), clamped to
+    [2^-149, largest float32]; that reduction over the whole tensor stays outside
+    the unit, and a format without a tensor scale drives ts with 1.0). Scale:
+    S = RNE(amax / (elem_max * ts)) in the scale format, clamped to [scale_min,
+    scale_max] (the clamp is folded into the scale encoder's ROM); amax is the
+    largest float32 magnitude of the block (a max tree on the magnitude bits,
+    which order as the values). The quotient comes from a restoring divider of
+    the two significands normalized to 24 bits: f + 1 quotient bits (f =
+    mbits + 3 + bitlen(me), elem_max = me * 2^k with me odd; 8 for NVFP4) and a
+    sticky bit for the remainder. That is exact: the quotient has at least
+    mbits + 3 significant bits, so every rounding decision of the scale's
+    encoder lies on a multiple of twice the quotient's LSB, and the quotient
+    is then shifted into the encoder's input (units 2^(lsb - 2)) with the
+    shifted-out bits ORed into the last bit, or saturated. Elements: RNE of
+    x / (S * ts), exact: the element encoder's thresholds T_k become block-wide
+    thresholds T_k * Ms * T (Ms and T the significands of S and ts; a T_k that
+    is odd is a tie that rounds down, so it is compared as mid_k * Ms * T + 1),
+    and each element's significand is shifted by its exponent minus those of S
+    and ts (floor, sticky bit, saturating above the largest threshold) and
+    compared with them; the ladder's rank and the sign give the code. All-zero
+    block: ``zero_block`` ``zero_scale`` gives scale code 0 and elements +-0
+    (``min_scale`` the code of scale_min). A NaN or Inf input: the scale's NaN
+    code and element codes 0. Not covered (refused with the reason): the
+    ``torchao`` arithmetic presets (nvfp4@torchao, nvfp4_2level@torchao: a
+    float32 reciprocal and float32 products, not exact quotients), scale
+    formats that do not saturate or round stochastically, and Inf blocks that
+    saturate instead of turning NaN.
 dequant (BlockFormat)
     q[N*B], s[scale bits] -> v[N*(W+1)], nan. Element i of ``v`` is sign-magnitude:
     bit W the sign of the element's value (-0 kept), bits [W-1:0] its magnitude.
@@ -42,9 +72,11 @@ from typing import Any
 
 from myhdl import ConcatSignal, always_comb, block, intbv
 
+from fractions import Fraction
+
 from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat
-from lowbit.hdl.block import any_set, copy, eq_const, max_tree, sig, slices
-from lowbit.hdl.element import decoder, encoder
+from lowbit.hdl.block import add2, any_set, copy, eq_const, max_tree, sig, slices
+from lowbit.hdl.element import decoder, encoder, float_fields, ge_const, ladder_code, ladder_rank, rank_bits, rank_table, rom
 from lowbit.hdl.tables import GUARD_BITS, Unsupported, element_tables
 
 #: The quantizer's input elements: IEEE binary32.
@@ -121,8 +153,11 @@ def align(x: Any, s: Any, sign: Any, mag: Any, c: int, wide: int) -> Any:
     """sign and magnitude of a float32 code shifted right by s + c - max(e, 1)
     into the encoder's input, the shifted-out bits jammed into the last bit."""
     cp, cn = max(c, 0), max(-c, 0)
+    wrap = cp + (1 << wide)
     hidden = 1 << IN_MBITS
     mag_bits = len(mag)
+    # (cut with a modulus, not a slice: every bit is read, as the lint wants)
+    r_mod, w_mod = 1 << wide, 1 << mag_bits
 
     @always_comb
     def shift() -> None:
@@ -138,16 +173,23 @@ def align(x: Any, s: Any, sign: Any, mag: Any, c: int, wide: int) -> Any:
         else:
             m[:] = v[IN_MBITS:] + hidden
             ee[:] = e
+        # the shift wraps modulo 2^wide and the shifted value is cut to the
+        # encoder's width, as in the converted HDL: settled, the shift is never
+        # negative nor smaller than quant_constants allows, but in a delta cycle
+        # s may still belong to the previous block, and MyHDL's intbv checks bounds
+        rr = intbv(0)[wide + 1 :]
+        rr[:] = s
+        rr[:] = rr + wrap
+        rr[:] = rr - ee
+        rr[:] = rr - cn
         r = intbv(0)[wide:]
-        r[:] = s
-        r[:] = r + cp
-        r[:] = r - ee
-        r[:] = r - cn
-        # only the encoder's input width is kept (the shift is never smaller
-        # than quant_constants allows); the sticky bit is a thermometer of r
-        # against the significand's bits, not a second shifter
+        r[:] = rr % r_mod
+        # the sticky bit is a thermometer of r against the significand's bits,
+        # not a second shifter
+        ww = intbv(0)[IN_MBITS + 1 :]
+        ww[:] = m >> r
         w = intbv(0)[mag_bits:]
-        w[:] = m >> r
+        w[:] = ww % w_mod
         for j in range(IN_MBITS + 1):
             if m[j] and r > j:
                 w[0] = 1
@@ -249,4 +291,269 @@ def block_dequant(q: Any, s: Any, v: Any, nan: Any, spec: BlockFormat) -> Any:
         flags += [en, ei]
         outs.append(out)
     insts += [copy(ConcatSignal(*reversed(outs)), v), any_set(ConcatSignal(*flags), nan)]
+    return insts
+
+
+# ---------------------------------------------------------------------------
+# quantizer of a float-scaled block format (NVFP4)
+
+#: float32 values are sig * 2^(exp + IN_LSB), exp = max(E, 1) - 1 (element.float_fields)
+IN_LSB = 1 - IN_BIAS - IN_MBITS
+#: the largest exp of a finite float32 (E = 254)
+IN_EXP_MAX = (1 << IN_EBITS) - 3
+
+
+def _odd_part(v: int) -> tuple[int, int]:
+    """(m, e) with v = m * 2^e, m odd."""
+    e = (v & -v).bit_length() - 1
+    return v >> e, e
+
+
+def float_quant_constants(spec: BlockFormat) -> dict[str, object]:
+    """Constants of the float-scale quantizer, or Unsupported with the reason.
+
+    Names (all exponents are ``float_fields`` exps, ts the tensor scale):
+    scale: Xq = amax / (elem_max * ts) in units 2^(lsb_s - 2) = Qp * 2^(us - offset_s),
+    us = ea + lt + k2 - la - et, Qp = floor(An 2^(f+1) / (me Tn)) | sticky
+    (An, Tn: the significands normalized to 24 bits by la, lt left shifts;
+    elem_max = me * 2^ee, me odd). Elements: Z = x / (S ts) * Ms * T in units
+    2^(lsb_e - 2) = Xs * 2^(ue - offset_e), ue = ex + k - es - et, compared with
+    T_k * Ms * T."""
+    el, sc = spec.element, spec.scale
+    if not isinstance(sc, FloatFormat) or spec.scale_rule != "nearest":
+        raise Unsupported(f"{spec.name}: the float-scale quantizer takes a float scale format with the 'nearest' rule")
+    if spec.arithmetic != "exact":
+        raise Unsupported(f"{spec.name}: the block quantizer follows the exact arithmetic, not {spec.arithmetic!r}")
+    if spec.nan_block != "nan" or spec.inf_block != "nan" or not sc.has_nan:
+        raise Unsupported(f"{spec.name}: the block quantizer needs NaN blocks for NaN and Inf and a NaN scale code")
+    if sc.overflow != "saturate" or sc.rounding == "stochastic":
+        raise Unsupported(f"{spec.name}: the block quantizer needs a scale format that rounds deterministically and saturates")
+    te, ts_ = element_tables(el), element_tables(sc)
+    if te.thresholds is None:
+        raise Unsupported(te.encoder_note)
+    assert ts_.thresholds is not None and ts_.enc_pos is not None
+    units_min = Fraction(spec.scale_min) / Fraction(2) ** ts_.lsb_exp
+    units_max = Fraction(spec.scale_max) / Fraction(2) ** ts_.lsb_exp
+    if not (0 < units_min <= units_max and units_min.denominator == units_max.denominator == 1
+            and int(units_min) in ts_.mag and int(units_max) in ts_.mag):
+        raise Unsupported(f"{spec.name}: scale_min and scale_max must be positive values of {sc.name}")
+    cmin, cmax = ts_.mag.index(int(units_min)), ts_.mag.index(int(units_max))
+    me, ee = _odd_part(max(te.mag))
+    ee += te.lsb_exp
+    f = sc.mbits + 3 + me.bit_length()
+    k = (1 << sc.ebits) - 2 + IN_EXP_MAX
+    k2 = IN_MBITS + IN_EXP_MAX
+    offset_e = k + ts_.lsb_exp + te.lsb_exp - GUARD_BITS
+    offset_s = k2 + ee + ts_.lsb_exp - GUARD_BITS + f + 1
+    if offset_e < 0 or offset_s < 0:
+        raise Unsupported(f"{spec.name}: the exponent offsets of the quantizer would be negative")
+    p_max = ((1 << (sc.mbits + 1)) - 1) * ((1 << (IN_MBITS + 1)) - 1)
+    return {
+        "me": me, "f": f, "k": k, "k2": k2, "offset_e": offset_e, "offset_s": offset_s,
+        "wz": (te.thresholds[-1] * p_max).bit_length(),
+        "scale_codes": tuple(min(max(c, cmin), cmax) if ts_.mag[c] else cmin for c in ts_.enc_pos),
+        "nan_code": next(c for c in range(1 << sc.bits) if ts_.nan[c] and not ts_.neg[c]),
+        "zero_code": 0 if spec.zero_block == "zero_scale" else cmin,
+    }
+
+
+@block
+def normalize(a: Any, an: Any, lz: Any) -> Any:
+    """an = a shifted left until its top bit is set, lz = the shift (0 for a = 0)."""
+    w, lzb = len(a), len(lz)
+
+    @always_comb
+    def norm() -> None:
+        v = intbv(0)[w:]
+        v[:] = a
+        n = intbv(0)[lzb:]
+        for i in range(w):
+            if v[i]:
+                n[:] = w - 1 - i
+        lz.next = n
+        an.next = v << n
+
+    return norm
+
+
+@block
+def divide(an: Any, tn: Any, qp: Any, me: int, f: int) -> Any:
+    """qp = floor(an 2^(f+1) / (me tn)) with the remainder's non-zero flag in bit 0
+    (restoring division, f + 1 quotient bits; an < 2 me tn)."""
+    wr = (2 * me * ((1 << len(tn)) - 1)).bit_length()
+    wq = len(qp)
+
+    @always_comb
+    def div() -> None:
+        d = intbv(0)[wr:]
+        d[:] = tn
+        d[:] = d * me
+        r = intbv(0)[wr:]
+        r[:] = an
+        quo = intbv(0)[wq:]
+        for i in range(f + 1):
+            quo[:] = quo << 1
+            if r >= d:
+                r[:] = r - d
+                quo[0] = 1
+            r[:] = r << 1
+        quo[:] = quo << 1
+        if r != 0:
+            quo[0] = 1
+        qp.next = quo
+
+    return div
+
+
+@block
+def offset_diff(c: Any, d: Any, y: Any, k: int) -> Any:
+    """y = k - c - d (k is at least the largest c + d)."""
+    wide = len(y)
+
+    @always_comb
+    def sub() -> None:
+        v = intbv(0)[wide:]
+        v[:] = k
+        v[:] = v - c
+        v[:] = v - d
+        y.next = v
+
+    return sub
+
+
+@block
+def scale_shift(val: Any, u: Any, out: Any, offset: int) -> Any:
+    """out = floor(val * 2^(u - offset)) with the bits shifted out ORed into bit 0,
+    or all ones when the value is 2^len(out) or more (u and offset unsigned)."""
+    vb, ob = len(val), len(out)
+    wb = vb + ob
+    top = offset + ob
+    rb = top.bit_length()
+
+    @always_comb
+    def shift() -> None:
+        v = intbv(0)[vb:]
+        v[:] = val
+        w = intbv(0)[wb:]
+        w[wb:ob] = v
+        r = intbv(0)[rb:]
+        o = intbv(0)[ob:]
+        if u > top:
+            if v != 0:
+                o[:] = ~o
+        else:
+            r[:] = top
+            r[:] = r - u
+            w[:] = w >> r
+            if w[wb:ob] != 0:
+                o[:] = ~o
+            else:
+                o[:] = w[ob:]
+                # the sticky bit: a thermometer of r against val's bits
+                for j in range(vb):
+                    if v[j] and r > j + ob:
+                        o[0] = 1
+        out.next = o
+
+    return shift
+
+
+@block
+def mul2(x: Any, y: Any, p: Any) -> Any:
+    @always_comb
+    def mul() -> None:
+        p.next = x * y
+
+    return mul
+
+
+@block
+def scaled_threshold(p: Any, th: Any, mid: int, off: int) -> Any:
+    """th = mid * p + off; 1 when p = 0 (a zero scale: every element rounds to 0)."""
+
+    @always_comb
+    def scale() -> None:
+        if p == 0:
+            th.next = 1
+        else:
+            th.next = p * mid + off
+
+    return scale
+
+
+@block
+def ge_sig(x: Any, y: Any, ge: Any) -> Any:
+    @always_comb
+    def cmp() -> None:
+        ge.next = x >= y
+
+    return cmp
+
+
+@block
+def pick_scale(nan: Any, zero: Any, raw: Any, s: Any, nan_code: int, zero_code: int) -> Any:
+    @always_comb
+    def pick() -> None:
+        if nan:
+            s.next = nan_code
+        elif zero:
+            s.next = zero_code
+        else:
+            s.next = raw
+
+    return pick
+
+
+@block
+def block_quant_float(x: Any, ts: Any, q: Any, s: Any, spec: BlockFormat) -> Any:
+    k = float_quant_constants(spec)
+    te, tsc = element_tables(spec.element), element_tables(spec.scale)
+    assert te.thresholds is not None and tsc.thresholds is not None
+    sc = spec.scale
+    n, b = spec.block_size, te.code_bits
+    insts: list[Any] = []
+    # the block maximum (float32 magnitudes order as their bits) and its fields
+    # (float_fields gets the 31 magnitude bits: cutting a float32's sign bit with
+    # a modulus of 2^31 would put an unsized literal in the converted HDL)
+    mags = [x(i * IN_BITS + IN_BITS - 1, i * IN_BITS) for i in range(n)]
+    amax = sig(IN_BITS - 1)
+    insts.append(max_tree(mags, amax))
+    a, ea, t, et = sig(IN_MBITS + 1), sig(IN_EBITS), sig(IN_MBITS + 1), sig(IN_EBITS)
+    insts += [float_fields(amax, a, ea, IN_EBITS, IN_MBITS), float_fields(ts, t, et, IN_EBITS, IN_MBITS)]
+    nan, zero = sig(1), sig(1)
+    insts += [eq_const(ea, nan, IN_EXP_MAX + 1), eq_const(amax, zero, 0)]
+    # the block scale: the scale format's encoder on amax / (elem_max ts), clamped by its ROM
+    lzb = IN_MBITS.bit_length()
+    an, la, tn, lt = sig(IN_MBITS + 1), sig(lzb), sig(IN_MBITS + 1), sig(lzb)
+    qp = sig(k["f"] + 2)
+    ub_s = (IN_EXP_MAX + 1 + IN_MBITS + k["k2"]).bit_length()
+    us_a, us_b, us = sig(ub_s), sig(ub_s), sig(ub_s)
+    xin = sig(tsc.in_bits)
+    insts += [normalize(a, an, la), normalize(t, tn, lt), divide(an, tn, qp, k["me"], k["f"]),
+              add2(ea, lt, us_a), offset_diff(la, et, us_b, k["k2"]), add2(us_a, us_b, us),
+              scale_shift(qp, us, xin, k["offset_s"])]
+    ge = [sig(1) for _ in tsc.thresholds]
+    rank, raw, code_s = sig(rank_bits(tsc)), sig(sc.bits), sig(sc.bits)
+    insts += [ge_const(xin, g, th) for g, th in zip(ge, tsc.thresholds)]
+    insts += [ladder_rank(ge, rank), rom(rank, raw, rank_table(k["scale_codes"], tsc)),
+              pick_scale(nan, zero, raw, code_s, k["nan_code"], k["zero_code"]), copy(code_s, s)]
+    # the elements: a ladder against the block's thresholds T_k * Ms * T (T_k = 2 mid + off:
+    # off = 1 is a tie that rounds down, so the comparison is strict)
+    ms, es, p = sig(sc.mbits + 1), sig(sc.ebits), sig(sc.mbits + 1 + IN_MBITS + 1)
+    insts += [float_fields(code_s, ms, es, sc.ebits, sc.mbits), mul2(ms, t, p)]
+    ths = [sig(k["wz"]) for _ in te.thresholds]
+    insts += [scaled_threshold(p, th, tk & ~1, tk & 1) for th, tk in zip(ths, te.thresholds)]
+    ub_e = (IN_EXP_MAX + 1 + k["k"]).bit_length()
+    base = sig(ub_e)
+    insts.append(offset_diff(es, et, base, k["k"]))
+    codes = []
+    for i, xe in enumerate(mags):
+        xs, xf, ue, z = sig(IN_MBITS + 1), sig(IN_EBITS), sig(ub_e), sig(k["wz"])
+        insts += [float_fields(xe, xs, xf, IN_EBITS, IN_MBITS), add2(xf, base, ue), scale_shift(xs, ue, z, k["offset_e"])]
+        ge = [sig(1) for _ in ths]
+        insts += [ge_sig(z, th, g) for th, g in zip(ths, ge)]
+        code, out = sig(b), sig(b)
+        insts += [ladder_code(ge, x(i * IN_BITS + IN_BITS - 1), code, te), zero_if(nan, code, out)]
+        codes.append(out)
+    insts.append(copy(ConcatSignal(*reversed(codes)), q))
     return insts

@@ -64,11 +64,25 @@ def ge_const(x: Any, y: Any, threshold: int) -> Any:
 def encoder(sign: Any, mag: Any, code: Any, t: ElementTables) -> Any:
     if t.thresholds is None:
         raise Unsupported(t.encoder_note)
-    n = len(t.thresholds)
-    ge = [Signal(bool(0)) for _ in range(n)]
-    comps = [ge_const(mag, ge[k], t.thresholds[k]) for k in range(n)]
-    rbits = n.bit_length()
-    rank = Signal(intbv(0)[rbits:])
+    ge = [Signal(bool(0)) for _ in t.thresholds]
+    comps = [ge_const(mag, g, th) for g, th in zip(ge, t.thresholds)]
+    return comps, ladder_code(ge, sign, code, t)
+
+
+def rank_bits(t: ElementTables) -> int:
+    assert t.thresholds is not None
+    return len(t.thresholds).bit_length()
+
+
+def rank_table(codes: tuple[int, ...], t: ElementTables) -> tuple[int, ...]:
+    """``codes`` (one per rank) padded to the rank counter's range."""
+    return codes + (codes[-1],) * ((1 << rank_bits(t)) - len(codes))
+
+
+@block
+def ladder_rank(ge: list[Any], rank: Any) -> Any:
+    """rank = the number of thresholds passed (``ge`` is a thermometer, ascending)."""
+    n, rbits = len(ge), len(rank)
     therm = ConcatSignal(*reversed(ge))
 
     @always_comb
@@ -79,10 +93,16 @@ def encoder(sign: Any, mag: Any, code: Any, t: ElementTables) -> Any:
                 r[:] = k + 1
         rank.next = r
 
-    pad = (1 << rbits) - (n + 1)
-    table = t.enc_pos + (t.enc_pos[-1],) * pad + t.enc_neg + (t.enc_neg[-1],) * pad
-    sel = ConcatSignal(sign, rank)
-    return comps, count, rom(sel, code, table)
+    return count
+
+
+@block
+def ladder_code(ge: list[Any], sign: Any, code: Any, t: ElementTables) -> Any:
+    """The encoder after its comparators: ``ge[k]`` = the input passed threshold k."""
+    rank = Signal(intbv(0)[rank_bits(t):])
+    assert t.enc_pos is not None and t.enc_neg is not None
+    table = rank_table(t.enc_pos, t) + rank_table(t.enc_neg, t)
+    return ladder_rank(ge, rank), rom(ConcatSignal(sign, rank), code, table)
 
 
 @block
@@ -136,16 +156,36 @@ def mul_rom(a: Any, b: Any, sign: Any, mag: Any, nan: Any, inf: Any, t: ElementT
 
 
 @block
+def low_bits(code: Any, low: Any) -> Any:
+    """low = code without the bits above len(low) (a sign bit)."""
+    modulus = 1 << len(low)
+
+    @always_comb
+    def cut() -> None:
+        low.next = code % modulus
+
+    return cut
+
+
+@block
 def float_fields(code: Any, sig: Any, exp: Any, ebits: int, mbits: int) -> Any:
-    """sig = significand with the hidden bit, exp = max(E, 1) - 1 (value = sig 2^(exp + lsb_exp))."""
-    width = ebits + mbits  # the sign bit is not read
-    modulus = 1 << width
+    """sig = significand with the hidden bit, exp = max(E, 1) - 1 (value = sig 2^(exp + lsb_exp)).
+
+    ``code`` is ebits + mbits wide, or has a sign bit above them (not read)."""
+    width = ebits + mbits
     hidden = 1 << mbits
+    insts = []
+    if len(code) != width:
+        mag = Signal(intbv(0)[width:])
+        insts.append(low_bits(code, mag))
+    else:
+        mag = code
 
     @always_comb
     def split() -> None:
+        # a copy, then slices: a port may itself be a slice of a bus
         c = intbv(0)[width:]
-        c[:] = code % modulus
+        c[:] = mag
         e = intbv(0)[ebits:]
         e[:] = c[ebits + mbits : mbits]
         if e == 0:
@@ -155,7 +195,7 @@ def float_fields(code: Any, sig: Any, exp: Any, ebits: int, mbits: int) -> Any:
             sig.next = c[mbits:] + hidden
             exp.next = e - 1
 
-    return split
+    return insts, split
 
 
 @block

@@ -27,6 +27,7 @@ DEFAULT_UNITS = (
     ("mxfp4", "dot"),
     ("nvfp4", "dot"),
     ("mxfp4", "quant"),
+    ("nvfp4", "quant"),
     ("mxfp4", "dequant"),
     ("nvfp4", "dequant"),
     ("dialectfp4", "dot"),

@@ -5,8 +5,9 @@ Element formats (FloatFormat, IntFormat, CodebookFormat): ``decoder``,
 ``encoder`` (not for stochastic rounding), ``mul`` (decode and multiply) and, for
 float formats with gradual underflow, ``mul_expadd``. Block formats
 (BlockFormat, and Formatbook): ``dot`` and ``mac``; a BlockFormat also gets
-``dequant`` and, with a power-of-two scale and the ``floor`` rule, ``quant``
-(see ``blockquant``); a Formatbook also gets
+``dequant`` and, with exact arithmetic and either a power-of-two scale and the
+``floor`` rule or a float scale and the ``nearest`` rule, ``quant`` (see
+``blockquant``); a Formatbook also gets
 ``select_lut`` (exhaustive least squares, the spec's ``lut`` rule) and, with
 two-stage selection, ``select``. A spec that does not fit a generic generator
 raises :class:`~lowbit.hdl.tables.Unsupported` with the reason.
@@ -117,21 +118,32 @@ def _block_units(spec: BlockFormat) -> dict[str, Unit]:
     )
     units = {"dot": dot, "mac": _mac_unit(spec, ins)}
     try:
-        bq.quant_constants(spec)
+        units["quant"] = _quant_unit(spec)
     except Unsupported:
         pass
-    else:
-        units["quant"] = Unit(
-            module_name(spec, "quant"), "quant",
-            (Port("x", n * bq.IN_BITS), Port("q", n * b, True), Port("s", spec.scale.bits, True)),
-            bq.block_quant, {"spec": spec},
-        )
     units["dequant"] = Unit(
         module_name(spec, "dequant"), "dequant",
         (Port("q", n * b), Port("s", spec.scale.bits), Port("v", n * (bq.dequant_mag_bits(spec) + 1), True), Port("nan", 1, True)),
         bq.block_dequant, {"spec": spec},
     )
     return units
+
+
+def _quant_unit(spec: BlockFormat) -> Unit:
+    """The block quantizer (raises Unsupported with the reason): float32 blocks in;
+    a float scale also takes the tensor scale ``ts`` (a positive float32's code
+    without its sign bit)."""
+    n, b = spec.block_size, element_tables(spec.element).code_bits
+    ins = (Port("x", n * bq.IN_BITS),)
+    if isinstance(spec.scale, ExpScaleFormat):
+        bq.quant_constants(spec)
+        fn = bq.block_quant
+    else:
+        bq.float_quant_constants(spec)
+        ins += (Port("ts", bq.IN_BITS - 1),)
+        fn = bq.block_quant_float
+    return Unit(module_name(spec, "quant"), "quant", ins + (Port("q", n * b, True), Port("s", spec.scale.bits, True)),
+                fn, {"spec": spec})
 
 
 def _mac_unit(spec: Any, ins: tuple[Port, ...]) -> Unit:
@@ -186,7 +198,7 @@ def unit_for(spec: Any, kind: str) -> Unit:
     if kind == "encoder" and isinstance(spec, ELEMENT_TYPES) and kind not in units:
         raise Unsupported(element_tables(spec).encoder_note)
     if kind == "quant" and isinstance(spec, BlockFormat) and kind not in units:
-        bq.quant_constants(spec)  # raises Unsupported with the reason
+        _quant_unit(spec)  # raises Unsupported with the reason
     if kind not in units:
         raise Unsupported(f"{spec.name} has no {kind!r} unit; it has: {', '.join(units)}")
     return units[kind]

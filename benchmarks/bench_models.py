@@ -1,0 +1,113 @@
+"""Recipes on the bundled tiny video DiT: quality against full precision, bits, overhead.
+
+    python benchmarks/bench_models.py [--captions 48] [--steps 20] [--repeats 3] [--json] [--check]
+
+Quality: the first ``--captions`` of the 48 captions (every colour x shape x
+direction), each from its own seeded noise, sampled in full precision and under each
+built-in recipe (W4A4 on all block linears for the 4-bit recipes; the layer policy
+keeps embedders, modulation and the final layer in full precision) with
+``lowbit.models.demo.run_variants``; the metrics are those of ``lowbit demo``.
+
+Overhead: the wall time of a whole sampling run (``--steps`` forwards with
+classifier-free guidance) under ``semantic_dialect`` with statistics off, over the
+same run in full precision, median of ``--repeats`` runs taken alternately (same
+machine load).
+
+Targets (issue 6): PSNR against full precision ``semantic_dialect`` >=
+``block_dialect`` >= ``nvfp4`` >= ``mxfp4``, with ``semantic_dialect`` at least 2 dB
+above ``mxfp4``; ``semantic_dialect`` overhead at most 3x. ``--check`` exits with
+status 1 when a target is missed. Numbers go to docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lowbit  # noqa: F401  (before torch: sets OMP_WAIT_POLICY, see lowbit/__init__.py)
+import torch
+from rich.console import Console
+
+from bench_formats import machine
+from lowbit.emulate import apply
+from lowbit.models.demo import demo_noise, metrics_rows, rows_table, run_variants
+from lowbit.models.shapes import COLOURS, DIRECTIONS, SHAPES, Caption
+from lowbit.models.tiny_dit import load_bundled, sample
+
+RECIPES = ("fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semantic_dialect_no_seda",
+           "semantic_dialect_no_decomp")  # fmt: skip
+ORDER = ("semantic_dialect", "block_dialect", "nvfp4", "mxfp4")  # PSNR must not increase along this
+MARGIN_DB = 2.0
+OVERHEAD_TARGET = 3.0
+
+
+def all_captions() -> list[Caption]:
+    ranges = (range(len(COLOURS)), range(len(SHAPES)), range(len(DIRECTIONS)))
+    return [Caption(c, s, d) for c, s, d in itertools.product(*ranges)]
+
+
+def overhead(model, captions, noise, steps: int, repeats: int) -> dict[str, float]:
+    def full() -> None:
+        sample(model, captions, noise, steps=steps)
+
+    def semantic() -> None:
+        with apply(model.transformer, "semantic_dialect", stats=False):
+            sample(model, captions, noise, steps=steps)
+
+    semantic()  # warm-up: compilation
+    tf, ts = [], []
+    for _ in range(repeats):
+        for fn, times in ((full, tf), (semantic, ts)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    f, s = statistics.median(tf), statistics.median(ts)
+    return {"full_s": f, "semantic_dialect_s": s, "ratio": s / f}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--captions", type=int, default=48)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled one)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args()
+    console = Console(width=200)
+
+    model = load_bundled(args.model)
+    captions = all_captions()[: args.captions]
+    noise = demo_noise(len(captions))
+    variants = run_variants(model, captions, noise, RECIPES, steps=args.steps)
+    rows = metrics_rows(variants)
+    psnr = {r["variant"]: r["psnr_db"] for r in rows}
+    timing = overhead(model, captions[:8], noise[:8], args.steps, args.repeats)
+
+    checks = {
+        "PSNR order " + " >= ".join(ORDER): all(psnr[a] >= psnr[b] for a, b in zip(ORDER, ORDER[1:])),
+        f"semantic_dialect >= mxfp4 + {MARGIN_DB} dB": psnr["semantic_dialect"] >= psnr["mxfp4"] + MARGIN_DB,
+        f"semantic_dialect overhead <= {OVERHEAD_TARGET}x": timing["ratio"] <= OVERHEAD_TARGET,
+    }
+    if args.json:
+        print(json.dumps({"machine": machine(), "rows": rows, "overhead": timing, "checks": checks}, indent=1))
+    else:
+        console.print(machine())
+        console.print(rows_table(rows, f"{len(captions)} captions, {args.steps} steps: metrics against full precision"))
+        console.print(
+            f"overhead (8 captions, {args.steps} steps, median of {args.repeats}): full precision "
+            f"{timing['full_s']:.2f} s, semantic_dialect {timing['semantic_dialect_s']:.2f} s, ratio {timing['ratio']:.2f}x"
+        )
+        for name, ok in checks.items():
+            console.print(f"{'met   ' if ok else 'MISSED'} {name}")
+    return 1 if args.check and not all(checks.values()) else 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

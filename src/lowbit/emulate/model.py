@@ -1,0 +1,486 @@
+"""apply / remove: a :class:`~lowbit.emulate.recipes.Recipe` as a reversible model transform.
+
+What is emulated (inference only: quantized operands carry no gradient):
+
+- ``nn.Linear`` layers the layer policy quantizes: the weight is fake-quantized ONCE, at
+  :func:`apply`, with blocks along the input features (the weight's last axis), and the
+  dequantized copy is cached; the input is fake-quantized at every forward with blocks
+  along its last axis. The bias stays in full precision. The layer runs as
+  ``F.linear(Q(x), Q(W), b)`` through an instance-level ``forward``.
+- attention modules (anything with a diffusers-style ``.processor``): the module's own
+  processor is wrapped, and only the ``scaled_dot_product_attention`` call inside it is
+  intercepted with a :class:`torch.overrides.TorchFunctionMode` (q, k, v are
+  (B, H, L, D), after QK-norm and RoPE). ``qk``: q and k are fake-quantized with blocks
+  along the head dim and SDPA runs on them. ``pv``: attention is computed explicitly,
+  ``softmax(q k^T * scale + mask)`` in float32, then P (blocks along the key axis) and V
+  (blocks along the key axis) are fake-quantized and multiplied. Modules whose operands
+  are all off and that feed no semantic policy are not touched.
+- SemanticDialect policies (``recipe.decomposition`` / ``recipe.assignment``): one
+  :class:`lowbit.emulate.semantic.SemanticState` observes every wrapped self-attention's
+  q and k and quantizes the activations of linears whose activation format is the
+  recipe's, using the attention module that shares the longest module-path prefix with
+  the linear (ties: the first in module order) or, once that one is known to be
+  cross-attention (``is_cross_attention``, or SDPA saw Lq != Lk), another attention
+  module of the same block.
+
+:func:`remove` restores the model exactly: the same parameter, buffer and processor
+objects, no hooks and no instance attributes left behind.
+
+Statistics (``stats=True``, the default) cost one extra full-precision computation per
+quantized layer and forward: the layer's output SQNR is measured against the
+full-precision output of the same layer on the same input.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import weakref
+from collections import Counter
+from typing import Any, Callable
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from lowbit.emulate import semantic
+from lowbit.emulate.api import fake_quant
+from lowbit.emulate.recipes import FROM_RECIPE, Keep, Recipe, resolve_recipe
+from lowbit.emulate.report import LayerReport, OperandReport, Report
+from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
+
+__all__ = ["Emulation", "apply", "remove"]
+
+# Every module an Emulation has touched (the root included) -> that Emulation.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, Emulation] = weakref.WeakKeyDictionary()
+
+# torch.nn.functional.scaled_dot_product_attention's parameters, in order.
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+
+
+@attrs.define(eq=False)
+class _Operand:
+    """One quantized operand of a layer: its format and accumulated statistics."""
+
+    format: str
+    stats: QuantStats = attrs.field(factory=QuantStats)
+
+    def report(self) -> OperandReport:
+        s = self.stats
+        counts = None if s.dialect_counts is None else tuple(int(c) for c in s.dialect_counts)
+        return OperandReport(
+            format=self.format,
+            elements=s.elements,
+            bits_per_element=s.bits_per_element,
+            clip_rate=s.clip_rate,
+            sqnr_db=s.sqnr_db if s.elements else float("nan"),
+            dialect_counts=counts,
+        )
+
+
+@attrs.define(eq=False)
+class _Site:
+    """A quantized layer: its module, operands and running statistics."""
+
+    name: str
+    kind: str  # "linear" or "attention"
+    module: nn.Module
+    rule: str
+    operands: dict[str, _Operand]
+    attention: str | None = None  # linears: the attention module a semantic policy used last
+    candidates: tuple[str, ...] = ()  # linears: attention modules it may use, best first
+    calls: int = 0
+    output: QuantStats = attrs.field(factory=QuantStats)
+    applied: Counter[str] = attrs.field(factory=Counter)
+
+    def clear(self) -> None:
+        """Forget activation and output statistics (weights are quantized once and kept)."""
+        self.calls, self.output, self.applied = 0, QuantStats(), Counter()
+        for key, op in self.operands.items():
+            if key != "weight":
+                op.stats = QuantStats()
+
+    def report(self) -> LayerReport:
+        # an attention module without operand formats is only observed by the semantic state
+        return LayerReport(
+            name=self.name,
+            kind=self.kind,
+            quantized=bool(self.operands),
+            rule=self.rule,
+            reason="" if self.operands else "operands off (observed by the activation policy)",
+            calls=self.calls,
+            output_sqnr_db=self.output.sqnr_db if self.output.elements else float("nan"),
+            operands={k: op.report() for k, op in self.operands.items()},
+            attention=self.attention,
+            semantic=dict(self.applied),
+        )
+
+
+class _SDPAInterceptor(TorchFunctionMode):
+    """Sends the ``scaled_dot_product_attention`` calls of one attention module to its Emulation."""
+
+    def __init__(self, emulation: Emulation, site: _Site) -> None:
+        super().__init__()
+        self.emulation, self.site = emulation, site
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        bound = {**_SDPA_DEFAULTS, **dict(zip(_SDPA_PARAMS, args)), **kwargs}
+        return self.emulation._attention(self.site, func, bound)
+
+
+class _Processor:
+    """An attention module's own processor, run with its SDPA call intercepted.
+
+    Subclassed per processor class (:func:`_processor_class`) so that
+    ``inspect.signature(wrapper.__call__)`` is the original's: diffusers filters the
+    keyword arguments it passes by that signature. Other attributes read through.
+    """
+
+    def __init__(self, original: Any, emulation: Emulation, site: _Site) -> None:
+        self.original, self.emulation, self.site = original, emulation, site
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        with _SDPAInterceptor(self.emulation, self.site):
+            return self.original(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "original":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.original, name)
+
+
+@functools.lru_cache(maxsize=None)
+def _processor_class(cls: type) -> type:
+    def __call__(self: _Processor, *args: Any, **kwargs: Any) -> Any:
+        return self._run(*args, **kwargs)
+
+    try:
+        __call__.__signature__ = inspect.signature(cls.__call__)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # a builtin without a signature: keep the generic one
+        pass
+    return type(f"Lowbit{cls.__name__}", (_Processor,), {"__call__": __call__})
+
+
+def _explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: dict[str, Any],
+    quant_p: Callable[[torch.Tensor], torch.Tensor],
+    quant_v: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """SDPA written out so that P and V can be quantized: softmax in float32, then P @ V."""
+    if a["dropout_p"]:
+        raise ValueError("PV quantization computes attention explicitly and supports no dropout (use model.eval())")
+    if a["enable_gqa"] and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    logits = (q.float() @ k.float().transpose(-2, -1)) * scale
+    mask = a["attn_mask"]
+    if a["is_causal"]:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+    p = torch.softmax(logits, dim=-1).to(v.dtype)
+    return (quant_p(p) @ quant_v(v)).to(q.dtype)
+
+
+def _common_depth(a: str, b: str) -> int:
+    """How many leading module-path components ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _attention_candidates(name: str, attentions: list[str]) -> tuple[str, ...]:
+    """The attention modules a linear's semantic policy may use, best first: the one sharing
+    the longest module-path prefix with ``name`` (the first such in module order), then its
+    siblings (the other attention modules of the same block), for when it is cross-attention."""
+    best, depth = None, 0
+    for attention in attentions:
+        d = _common_depth(name, attention)
+        if d > depth:
+            best, depth = attention, d
+    if best is None:
+        return ()
+    parent = best.rpartition(".")[0]
+    siblings = [a for a in attentions if parent and a != best and a.rpartition(".")[0] == parent]
+    return (best, *siblings)
+
+
+def _pick(rule_value: str | None, recipe_value: str | None) -> str | None:
+    """A layer rule's format for one operand: its own, or the recipe's for FROM_RECIPE."""
+    return recipe_value if rule_value == FROM_RECIPE else rule_value
+
+
+class Emulation:
+    """A recipe applied to a model; made by :func:`apply`, undone by :meth:`remove`.
+
+    ``step`` is the index of the root forward in progress, or of the last one (0 for the
+    first forward after :func:`apply` or :meth:`reset`); ``forwards`` counts root forwards
+    since then. Use it as a context manager to remove on exit.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, *, stats: bool = True, backend: str = "auto") -> None:
+        self.model, self.recipe, self.stats, self.backend = model, recipe, stats, backend
+        self.step = 0
+        self.forwards = 0
+        self.sites: dict[str, _Site] = {}
+        self.skipped: dict[str, tuple[str, str, str]] = {}  # name -> (kind, rule, reason)
+        self.semantic: Any = None
+        self._weights: dict[str, torch.Tensor] = {}
+        self._cross: set[str] = set()  # attention modules known to be cross-attention
+        self._restore: list[Callable[[], None]] = []
+        self._removed = False
+        self._plan()
+
+    # -- set-up ------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Decide every layer's treatment and quantize the weights; nothing is installed yet."""
+        recipe = self.recipe
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.Linear):
+                self._plan_linear(name, module)
+            elif name and callable(getattr(module, "processor", None)):
+                self._plan_attention(name, module)
+        attentions = [s.name for s in self.sites.values() if s.kind == "attention"]
+        if recipe.semantic:
+            self.semantic = semantic.SemanticState(
+                recipe.activation, recipe.decomposition, recipe.assignment, backend=self.backend, stats=self.stats
+            )
+            for site in self.sites.values():
+                act = site.operands.get("activation")
+                if site.kind == "linear" and act is not None and act.format == recipe.activation:
+                    site.candidates = _attention_candidates(site.name, attentions)
+            # cross-attention carries no state; more is found when SDPA sees Lq != Lk
+            self._cross = {a for a in attentions if getattr(self.sites[a].module, "is_cross_attention", False) is True}
+        for site in self.sites.values():
+            if "weight" in site.operands:
+                w = site.module.weight.detach()
+                y, st, _ = fake_quant_with_stats(w, site.operands["weight"].format, axis=-1, backend=self.backend)
+                self._weights[site.name] = y
+                site.operands["weight"].stats = st
+
+    def _plan_linear(self, name: str, module: nn.Linear) -> None:
+        rule, matched = self.recipe.layers.rule_for(name)
+        if isinstance(rule, Keep):
+            self.skipped[name] = ("linear", matched, rule.reason)
+            return
+        formats = {
+            "weight": _pick(rule.weight, self.recipe.weight),
+            "activation": _pick(rule.activation, self.recipe.activation),
+        }
+        if not any(formats.values()):
+            self.skipped[name] = ("linear", matched, "no weight or activation format")
+            return
+        operands = {k: _Operand(f) for k, f in formats.items() if f is not None}
+        self.sites[name] = _Site(name=name, kind="linear", module=module, rule=matched, operands=operands)
+
+    def _plan_attention(self, name: str, module: nn.Module) -> None:
+        rule, matched = self.recipe.layers.rule_for(name)
+        if isinstance(rule, Keep):
+            if self.recipe.qk or self.recipe.pv or self.recipe.semantic:
+                self.skipped[name] = ("attention", matched, rule.reason)
+            return
+        qk, pv = _pick(rule.qk, self.recipe.qk), _pick(rule.pv, self.recipe.pv)
+        if qk is None and pv is None and not self.recipe.semantic:
+            return  # nothing to do: the SDPA call is left alone
+        operands = {}
+        if qk is not None:
+            operands |= {"q": _Operand(qk), "k": _Operand(qk)}
+        if pv is not None:
+            operands |= {"p": _Operand(pv), "v": _Operand(pv)}
+        self.sites[name] = _Site(name=name, kind="attention", module=module, rule=matched, operands=operands)
+
+    def _install(self) -> None:
+        handle = self.model.register_forward_pre_hook(self._on_root_forward)
+        self._restore.append(handle.remove)
+        touched = [self.model]
+        for site in self.sites.values():
+            key = "forward" if site.kind == "linear" else "processor"
+            d = site.module.__dict__
+            had, old = key in d, d.get(key)
+            if site.kind == "linear":
+                d[key] = functools.partial(self._linear, site)
+            else:
+                original = getattr(site.module, "processor")
+                d[key] = _processor_class(type(original))(original, self, site)
+            self._restore.append(functools.partial(self._put_back, d, key, had, old))
+            touched.append(site.module)
+        for module in touched:
+            _ACTIVE[module] = self
+
+    @staticmethod
+    def _put_back(d: dict[str, Any], key: str, had: bool, old: Any) -> None:
+        if had:
+            d[key] = old
+        else:
+            del d[key]
+
+    # -- running -------------------------------------------------------------------
+    def _on_root_forward(self, module: nn.Module, args: Any) -> None:
+        self.step = self.forwards
+        self.forwards += 1
+
+    def _quant(self, site: _Site, key: str, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Fake-quantize operand ``key`` of ``site`` (statistics only while they are on)."""
+        op = site.operands.get(key)
+        if op is None:
+            return x
+        if not self.stats:
+            return fake_quant(x, op.format, axis=axis, backend=self.backend)
+        y, st, _ = fake_quant_with_stats(x, op.format, axis=axis, backend=self.backend)
+        op.stats = op.stats + st
+        return y
+
+    def _activation(self, site: _Site, x: torch.Tensor) -> torch.Tensor:
+        op = site.operands.get("activation")
+        if op is None or self.semantic is None or op.format != self.recipe.activation:
+            return self._quant(site, "activation", x, -1)
+        site.attention = next((a for a in site.candidates if a not in self._cross), None)
+        y, st, applied = self.semantic.quantize(site.name, site.attention, x, step=self.step)
+        if self.stats:
+            op.stats = op.stats + st
+        site.applied[applied] += 1
+        return y
+
+    def _linear(self, site: _Site, x: torch.Tensor) -> torch.Tensor:
+        module = site.module
+        weight = self._weights.get(site.name, module.weight)
+        if weight.device != module.weight.device or weight.dtype != module.weight.dtype:
+            raise RuntimeError(
+                f"{site.name}: the model was moved to {module.weight.device}/{module.weight.dtype} after apply; "
+                "its weights were quantized on the old device/dtype: remove() and apply() again"
+            )
+        y = F.linear(self._activation(site, x), weight, module.bias)
+        site.calls += 1
+        if self.stats:
+            site.output = site.output + error_stats(F.linear(x, module.weight, module.bias), y)
+        return y
+
+    def _attention(self, site: _Site, sdpa: Callable[..., Any], a: dict[str, Any]) -> torch.Tensor:
+        q, k, v = a["query"], a["key"], a["value"]
+        if q.shape[-2] != k.shape[-2]:
+            self._cross.add(site.name)
+        if self.semantic is not None:
+            self.semantic.observe_attention(site.name, q, k, attn_mask=a["attn_mask"], scale=a["scale"], step=self.step)
+        site.calls += 1
+        if not site.operands:
+            return sdpa(**a)
+        qq, kq = self._quant(site, "q", q, -1), self._quant(site, "k", k, -1)
+        if "p" in site.operands:
+            out = _explicit_attention(
+                qq, kq, v, a, lambda p: self._quant(site, "p", p, -1), lambda t: self._quant(site, "v", t, -2)
+            )
+        else:
+            out = sdpa(**{**a, "query": qq, "key": kq})
+        if self.stats:
+            site.output = site.output + error_stats(sdpa(**a), out)
+        return out
+
+    # -- public --------------------------------------------------------------------
+    def _check_live(self) -> None:
+        if self._removed:
+            raise RuntimeError("this Emulation was removed; apply the recipe again")
+
+    def reset(self) -> None:
+        """Start over: step 0, fresh semantic state, activation and output statistics cleared."""
+        self._check_live()
+        self.step = self.forwards = 0
+        if self.semantic is not None:
+            self.semantic.reset()
+        for site in self.sites.values():
+            site.clear()
+
+    def report(self) -> Report:
+        """Per layer: formats, what was skipped and why, SQNR, clip rate, bits, dialects."""
+        self._check_live()
+        layers = [site.report() for site in self.sites.values()]
+        for name, (kind, rule, reason) in self.skipped.items():
+            layers.append(
+                LayerReport(name=name, kind=kind, quantized=False, rule=rule, reason=reason, calls=0,
+                            output_sqnr_db=float("nan"), operands={}, attention=None, semantic={})
+            )  # fmt: skip
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        layers.sort(key=lambda layer: order[layer.name])
+        return Report(
+            recipe=self.recipe.name,
+            stats=self.stats,
+            forwards=self.forwards,
+            semantic_state=None if self.semantic is None else self.semantic.describe(),
+            layers=layers,
+        )
+
+    def remove(self) -> None:
+        """Restore the model exactly as it was before :func:`apply` and drop all state."""
+        self._check_live()
+        for undo in reversed(self._restore):
+            undo()
+        for module in [m for m, emu in _ACTIVE.items() if emu is self]:
+            del _ACTIVE[module]
+        self._restore.clear()
+        self._weights.clear()
+        self.sites.clear()
+        self.skipped.clear()
+        self.semantic = None
+        self._removed = True
+
+    def __enter__(self) -> Emulation:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._removed:
+            self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else f"{len(self.sites)} quantized layers, step {self.step}"
+        return f"<Emulation {self.recipe.name!r} on {type(self.model).__name__}: {state}>"
+
+
+def apply(
+    model: nn.Module, recipe: Recipe | str, *, stats: bool = True, backend: str = "auto", **overrides: Any
+) -> Emulation:
+    """Emulate ``recipe`` (a :class:`Recipe` or a registered name) on ``model``.
+
+    ``overrides`` replace recipe fields (``apply(model, "mxfp4", qk="mxfp8_e4m3")``).
+    ``stats=False`` skips the statistics (for timing). ``backend`` is the emulation
+    backend ("auto": Triton for CUDA tensors, Numba otherwise). Move the model to its
+    device and dtype before applying: weights are quantized here, once.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    taken = next((m for m in model.modules() if m in _ACTIVE), None)
+    if taken is not None:
+        raise RuntimeError(
+            f"the model is already emulated ({_ACTIVE[taken]!r}); call lowbit.emulate.remove(model) before applying again"
+        )
+    emulation = Emulation(model, resolve_recipe(recipe, overrides), stats=stats, backend=backend)
+    emulation._install()
+    return emulation
+
+
+def remove(model: nn.Module) -> None:
+    """Undo :func:`apply` on ``model`` (the module that was passed to it)."""
+    emulation = _ACTIVE.get(model)
+    if emulation is not None and emulation.model is model:
+        emulation.remove()
+        return
+    other = emulation or next((_ACTIVE[m] for m in model.modules() if m in _ACTIVE), None)
+    if other is None:
+        raise RuntimeError(f"no lowbit emulation is applied to this {type(model).__name__}; nothing to remove")
+    raise RuntimeError(
+        f"apply() was not called on this {type(model).__name__}, but {other!r} covers modules of it; "
+        "remove that model instead"
+    )

@@ -1,0 +1,209 @@
+"""Recipes: which formats a model transform uses, and where.
+
+A :class:`Recipe` is a frozen value, like a format: weight and activation formats for
+``nn.Linear`` layers, optional formats for the attention operands (QK^T and PV), the
+SemanticDialect activation policies (:class:`~lowbit.emulate.semantic.Decomposition`,
+:class:`~lowbit.emulate.semantic.SeDA`) and a :class:`LayerPolicy` saying which layers
+are quantized. Recipes are registered through the ``register_recipes`` hook (the
+built-ins in :mod:`lowbit.plugins.builtin_recipes`) and looked up by name.
+
+The layer policy decides per module name: an exact name beats a regex (``re.search``,
+first match wins), which beats the default. The default policy keeps in full precision
+what DiT quantization work keeps there: patch/position/time/text embedders and
+condition embedders, the AdaLN modulation linears (``norm*.linear``) and the final
+norm and output projection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Union
+
+import attrs
+
+from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.registry import UnknownNameError, registry
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "FROM_RECIPE",
+    "Keep",
+    "LayerPolicy",
+    "Quantize",
+    "Recipe",
+    "get_recipe",
+    "recipes",
+    "resolve_recipe",
+]
+
+#: A :class:`Quantize` field holding this takes the recipe's format for that operand.
+FROM_RECIPE = "recipe"
+
+
+def _optional_name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{type(instance).__name__}.{attribute.name} must be a format name or None, got {value!r}")
+
+
+@attrs.frozen
+class Keep:
+    """Keep the layer in full precision; ``reason`` is shown in reports."""
+
+    reason: str = "kept in full precision"
+
+
+@attrs.frozen(kw_only=True)
+class Quantize:
+    """Quantize the layer. Each field is a format name, None (that operand stays in full
+    precision) or :data:`FROM_RECIPE` (the recipe's format). ``weight``/``activation``
+    apply to linears, ``qk``/``pv`` to attention modules."""
+
+    weight: str | None = attrs.field(default=FROM_RECIPE, validator=_optional_name)
+    activation: str | None = attrs.field(default=FROM_RECIPE, validator=_optional_name)
+    qk: str | None = attrs.field(default=FROM_RECIPE, validator=_optional_name)
+    pv: str | None = attrs.field(default=FROM_RECIPE, validator=_optional_name)
+
+
+#: A layer-policy rule.
+Rule = Union[Keep, Quantize]
+
+
+def _rule_pairs(value: Any) -> tuple[tuple[str, Rule], ...]:
+    pairs = tuple((str(key), rule) for key, rule in (value.items() if isinstance(value, Mapping) else value))
+    for key, rule in pairs:
+        if not isinstance(rule, (Keep, Quantize)):
+            raise TypeError(f"the layer-policy rule for {key!r} must be a Keep or a Quantize, got {rule!r}")
+    return pairs
+
+
+def _pattern_pairs(value: Any) -> tuple[tuple[str, Rule], ...]:
+    pairs = _rule_pairs(value)
+    for pattern, _ in pairs:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"layer-policy pattern {pattern!r} is not a valid regex: {exc}") from None
+    return pairs
+
+
+# Module-name patterns of the diffusers video DiTs (Wan, HunyuanVideo, CogVideoX, LTX,
+# Mochi, Latte, Flux / Open-Sora 2.0). Embedders and the final layer are matched only
+# outside numbered blocks (every component before the name is an identifier), so a
+# block's own ``proj_out`` (Flux single-stream blocks) stays quantized while a model
+# nested in a wrapper (``transformer.proj_out``) is still covered.
+_OUTSIDE_BLOCKS = r"^(?:[A-Za-z_]\w*\.)*"
+DEFAULT_KEEP: tuple[tuple[str, Rule], ...] = (
+    (
+        _OUTSIDE_BLOCKS + r"(patch_embedding|patch_embed|pos_embed|x_embedder|proj_in|context_embedder"
+        r"|condition_embedder|time_text_embed|time_embed|time_embedding|adaln_single|caption_projection)(\.|$)",
+        Keep("embedder / timestep, text or condition projection"),
+    ),
+    (r"(^|\.)norm\w*\.linear(_\d+)?$", Keep("AdaLN modulation linear")),
+    (_OUTSIDE_BLOCKS + r"(norm_out|proj_out)(\.|$)", Keep("final norm / output layer")),
+)
+
+
+@attrs.frozen(kw_only=True)
+class LayerPolicy:
+    """Which modules are quantized, by name: ``exact`` names, then ``patterns`` (regexes,
+    ``re.search``, first match wins), then ``default``. ``exact`` and ``patterns`` take a
+    mapping or (key, rule) pairs and are stored as pairs (so the policy is hashable)."""
+
+    exact: tuple[tuple[str, Rule], ...] = attrs.field(default=(), converter=_rule_pairs)
+    patterns: tuple[tuple[str, Rule], ...] = attrs.field(default=DEFAULT_KEEP, converter=_pattern_pairs)
+    default: Rule = attrs.field(factory=Quantize, validator=attrs.validators.instance_of((Keep, Quantize)))
+
+    def rule_for(self, name: str) -> tuple[Rule, str]:
+        """The rule for module ``name`` and which part of the policy chose it."""
+        exact = dict(self.exact)
+        if name in exact:
+            return exact[name], f"exact name {name!r}"
+        for pattern, rule in self.patterns:
+            if re.search(pattern, name):
+                return rule, f"pattern {pattern!r}"
+        return self.default, "default"
+
+    def with_rules(self, exact: Mapping[str, Rule] | None = None, patterns: Any = ()) -> LayerPolicy:
+        """This policy with more exact rules and with ``patterns`` tried before its own."""
+        merged = {**dict(self.exact), **dict(exact or {})}
+        return attrs.evolve(self, exact=merged, patterns=(*_pattern_pairs(patterns), *self.patterns))
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """A model transform: formats per operand, activation policies and a layer policy.
+
+    ``weight``/``activation``: formats of ``nn.Linear`` weights (quantized once, blocks
+    along the input features) and inputs (every forward, blocks along the last axis).
+    ``qk``/``pv``: attention-operand formats (None: off). ``decomposition`` and
+    ``assignment``: the SemanticDialect activation policies (see docs/semantic.md).
+    """
+
+    name: str
+    weight: str | None = attrs.field(default=None, validator=_optional_name)
+    activation: str | None = attrs.field(default=None, validator=_optional_name)
+    qk: str | None = attrs.field(default=None, validator=_optional_name)
+    pv: str | None = attrs.field(default=None, validator=_optional_name)
+    decomposition: Decomposition | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Decomposition))
+    )
+    assignment: SeDA | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(SeDA))
+    )
+    layers: LayerPolicy = attrs.field(factory=LayerPolicy, validator=attrs.validators.instance_of(LayerPolicy))
+    description: str = ""
+
+    @property
+    def semantic(self) -> bool:
+        """Whether an activation policy (decomposition or SeDA) is on."""
+        return self.decomposition is not None or self.assignment is not None
+
+    def format_names(self) -> set[str]:
+        """Every format name the recipe and its layer policy refer to."""
+        names = {self.weight, self.activation, self.qk, self.pv}
+        if self.decomposition is not None:
+            names.add(self.decomposition.residual_format)
+        rules = [*(r for _, r in (*self.layers.exact, *self.layers.patterns)), self.layers.default]
+        for rule in rules:
+            if isinstance(rule, Quantize):
+                names |= {rule.weight, rule.activation, rule.qk, rule.pv}
+        return {n for n in names if n is not None and n != FROM_RECIPE}
+
+    def check(self) -> Recipe:
+        """Raise ValueError for an unknown format or a policy without an activation format."""
+        table = registry().formats
+        unknown = sorted(n for n in self.format_names() if n not in table.items)
+        if unknown:
+            raise ValueError(
+                f"recipe {self.name!r} names unknown format(s) {', '.join(map(repr, unknown))}; "
+                f"registered formats: {', '.join(table.items)}"
+            )
+        if self.semantic and self.activation is None:
+            raise ValueError(f"recipe {self.name!r} has a decomposition or SeDA policy but no activation format")
+        return self
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every registered recipe by name, in registration order."""
+    return dict(registry().recipes.items)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The registered recipe ``name``; ValueError listing the registered ones otherwise."""
+    try:
+        return registry().recipes.get(name)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def resolve_recipe(recipe: Recipe | str, overrides: Mapping[str, Any]) -> Recipe:
+    """A checked recipe from a name or value, with ``overrides`` replacing fields."""
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    elif not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe or a registered recipe name, got {type(recipe).__name__}")
+    fields = [f.name for f in attrs.fields(Recipe)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown recipe field(s) {', '.join(map(repr, unknown))}; a Recipe has {', '.join(fields)}")
+    return attrs.evolve(recipe, **overrides).check() if overrides else recipe.check()

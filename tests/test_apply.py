@@ -1,0 +1,538 @@
+"""lowbit.emulate.apply / remove on a small hand-written DiT-like model.
+
+Expected outputs are recomputed here from the public numerics (``lowbit.fake_quant``,
+``torch.nn.functional``), never through the model transform's own helpers. The
+SemanticDialect wiring is checked with a recording stand-in for ``SemanticState``
+(the algorithms are tested in their own module).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowbit
+import lowbit.emulate.model as model_module
+from lowbit.cli import main
+from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, Report, apply, get_recipe, recipes, remove
+from lowbit.emulate import semantic
+from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.stats import fake_quant_with_stats
+
+HEADS, DIM, TOKENS = 2, 64, 12
+
+
+class RecordingProcessor:
+    """A diffusers-style processor: projections, then SDPA with keyword arguments.
+    Records SDPA's inputs and output as seen inside the processor."""
+
+    def __init__(self, mask: torch.Tensor | None = None) -> None:
+        self.mask = mask
+        self.seen: list[tuple[torch.Tensor, ...]] = []
+
+    def __call__(self, attn: ToyAttention, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        ctx = x if context is None else context
+        q, k, v = (t.view(b, -1, HEADS, c // HEADS).transpose(1, 2) for t in (attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)))
+        out = F.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=self.mask)
+        self.seen.append((q, k, v, out))
+        return attn.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+
+class ToyAttention(nn.Module):
+    def __init__(self, dim: int, mask: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v, self.to_out = (nn.Linear(dim, dim) for _ in range(4))
+        self.processor = RecordingProcessor(mask)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.processor(self, x, context)
+
+
+class Modulation(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+
+class ToyBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = Modulation(dim)
+        self.attn1 = ToyAttention(dim)
+        self.attn2 = ToyAttention(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.norm1.linear(t).chunk(2, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + scale[:, None]) + shift[:, None]
+        x = x + self.attn1(h)
+        x = x + self.attn2(x, context)
+        return x + self.ff(x)
+
+
+class ToyDiT(nn.Module):
+    def __init__(self, dim: int = DIM, layers: int = 2) -> None:
+        super().__init__()
+        self.x_embedder = nn.Linear(8, dim)
+        self.time_embed = nn.Linear(1, dim)
+        self.blocks = nn.ModuleList(ToyBlock(dim) for _ in range(layers))
+        self.norm_out = Modulation(dim)
+        self.proj_out = nn.Linear(dim, 8)
+        self.register_buffer("offset", torch.linspace(-1, 1, 8))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = self.x_embedder(x)
+        temb = self.time_embed(t[:, None])
+        for block in self.blocks:
+            h = block(h, temb, context)
+        shift, scale = self.norm_out.linear(temb).chunk(2, dim=-1)
+        return self.proj_out(F.layer_norm(h, h.shape[-1:]) * (1 + scale[:, None]) + shift[:, None]) + self.offset
+
+
+KEPT = {"x_embedder", "time_embed", "norm_out.linear", "proj_out", "blocks.0.norm1.linear", "blocks.1.norm1.linear"}
+
+
+def make_model() -> ToyDiT:
+    torch.manual_seed(0)
+    return ToyDiT().eval()
+
+
+def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(1, TOKENS, 8, generator=g), torch.tensor([0.3]), torch.randn(1, 5, DIM, generator=g)
+
+
+def forward(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*inputs())
+
+
+class FakeSemanticState:
+    """Stands in for lowbit.emulate.semantic.SemanticState and records how it is called."""
+
+    made: list[FakeSemanticState] = []
+
+    def __init__(self, activation_format: Any, decomposition: Any, seda: Any, *, backend: str = "auto", chunk: int = 1024, stats: bool = True):
+        self.args = (activation_format, decomposition, seda)
+        self.observed: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
+        self.quantized: list[tuple[str, str | None, int]] = []
+        self.resets = 0
+        FakeSemanticState.made.append(self)
+
+    def observe_attention(self, attn_name: str, query: torch.Tensor, key: torch.Tensor, *, attn_mask: Any = None,
+                          scale: Any = None, step: int) -> None:  # fmt: skip
+        self.observed.append((attn_name, tuple(query.shape), tuple(key.shape), step))
+
+    def quantize(self, linear_name: str, attn_name: str | None, x: torch.Tensor, *, step: int) -> tuple[Any, Any, str]:
+        self.quantized.append((linear_name, attn_name, step))
+        y, stats, _ = fake_quant_with_stats(x, self.args[0], axis=-1, extra_bits=1000.0)
+        return y, stats, "seda" if attn_name else "plain (no attention module)"
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"fake": True, "observed": len(self.observed)}
+
+
+@pytest.fixture
+def fake_semantic(monkeypatch: pytest.MonkeyPatch) -> type[FakeSemanticState]:
+    FakeSemanticState.made = []
+    monkeypatch.setattr(semantic, "SemanticState", FakeSemanticState)
+    return FakeSemanticState
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything remove() must restore: tensors (objects and values), every module's
+    attributes (objects), processors and hook tables."""
+    return {
+        "tensors": {k: (v, v.detach().clone()) for k, v in [*model.named_parameters(), *model.named_buffers()]},
+        "attrs": {name: dict(vars(m)) for name, m in model.named_modules()},
+        "processors": {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")},
+        "hooks": {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in model.named_modules()},
+    }
+
+
+def assert_restored(model: nn.Module, before: dict[str, Any]) -> None:
+    after = snapshot(model)
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for key, (tensor, values) in before["tensors"].items():
+        assert after["tensors"][key][0] is tensor, key
+        assert torch.equal(tensor, values), key
+    for name, attributes in before["attrs"].items():
+        now = after["attrs"][name]
+        assert now.keys() == attributes.keys(), (name, set(now) ^ set(attributes))
+        assert all(now[k] is v for k, v in attributes.items()), name
+    assert all(after["processors"][n] is p for n, p in before["processors"].items())
+    assert after["hooks"] == before["hooks"]
+
+
+# ---------------------------------------------------------------------------
+# linears
+
+
+def test_a_linear_computes_with_quantized_weight_and_input() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    x = torch.randn(3, 5, 64)
+    with apply(linear, "mxfp4"):
+        y = linear(x)
+    expected = F.linear(lowbit.fake_quant(x, "mxfp4", axis=-1), lowbit.fake_quant(linear.weight.detach(), "mxfp4", axis=-1), linear.bias)
+    assert torch.equal(y, expected)
+    assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
+def test_weights_are_quantized_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model()
+    weights = {id(p) for name, p in model.named_parameters() if name.endswith("weight")}
+    calls = {"weight": 0, "other": 0}
+    real = model_module.fake_quant_with_stats
+
+    def counting(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        is_weight = any(x.data_ptr() == p.data_ptr() for p in model.parameters() if id(p) in weights)
+        calls["weight" if is_weight else "other"] += 1
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "fake_quant_with_stats", counting)
+    quantized = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in KEPT]
+    with apply(model, "nvfp4"):
+        assert calls == {"weight": len(quantized), "other": 0}
+        forward(model)
+        forward(model)
+    assert calls == {"weight": len(quantized), "other": 2 * len(quantized)}
+
+
+def test_stats_off_uses_plain_fake_quant_and_reports_no_sqnr() -> None:
+    model = make_model()
+    with apply(model, "mxfp4") as on:
+        y_on = forward(model)
+    with apply(model, "mxfp4", stats=False) as off:
+        y_off = forward(model)
+        report = off.report()
+    assert torch.equal(y_on, y_off)
+    layer = next(lay for lay in report.layers if lay.name == "blocks.0.ff.0")
+    assert math.isnan(layer.output_sqnr_db) and layer.operands["activation"].elements == 0
+    assert layer.operands["weight"].elements == 2 * DIM * DIM  # weights are always described
+    assert not report.stats and on is not off
+
+
+# ---------------------------------------------------------------------------
+# remove, context manager, errors
+
+
+@pytest.mark.parametrize("recipe", ["fp8", "mxfp4", "block_dialect"])
+def test_remove_restores_the_model_bit_for_bit(recipe: str) -> None:
+    model = make_model()
+    reference, before = forward(model), snapshot(model)
+    emulation = apply(model, recipe, qk="mxfp8_e4m3", pv="mxfp8_e4m3")
+    assert not torch.equal(forward(model), reference)
+    remove(model)
+    assert_restored(model, before)
+    assert torch.equal(forward(model), reference)
+    with pytest.raises(RuntimeError, match="removed"):
+        emulation.report()
+
+
+def test_context_manager_removes_even_after_an_error() -> None:
+    model = make_model()
+    reference, before = forward(model), snapshot(model)
+    with pytest.raises(ZeroDivisionError):
+        with apply(model, "mxfp4", qk="mxfp4") as emulation:
+            assert emulation.report().quantized
+            1 / 0
+    assert_restored(model, before)
+    assert torch.equal(forward(model), reference)
+    apply(model, "mxfp4").remove()  # applicable again
+
+
+def test_double_apply_and_remove_without_apply_are_errors() -> None:
+    model = make_model()
+    with pytest.raises(RuntimeError, match="no lowbit emulation is applied"):
+        remove(model)
+    with apply(model, "mxfp4"):
+        with pytest.raises(RuntimeError, match="already emulated"):
+            apply(model, "nvfp4")
+        with pytest.raises(RuntimeError, match="already emulated"):
+            apply(model.blocks[0], "nvfp4")
+        with pytest.raises(RuntimeError, match="remove that model instead"):
+            remove(model.blocks[0])
+    with pytest.raises(RuntimeError, match="no lowbit emulation is applied"):
+        remove(model)
+
+
+def test_unknown_names_and_fields_are_clear_errors() -> None:
+    model = make_model()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"unknown recipe 'mxfp5'.*mxfp4.*block_dialect"):
+        apply(model, "mxfp5")
+    with pytest.raises(ValueError, match=r"unknown format\(s\) 'mxfp5'.*registered formats: .*nvfp4"):
+        apply(model, "mxfp4", weight="mxfp5")
+    with pytest.raises(ValueError, match=r"unknown format\(s\) 'int3'"):
+        apply(model, "mxfp4", layers=LayerPolicy(exact={"proj_out": Quantize(activation="int3")}))
+    with pytest.raises(ValueError, match=r"unknown recipe field\(s\) 'weights'.*weight, activation"):
+        apply(model, "mxfp4", weights="nvfp4")
+    with pytest.raises(ValueError, match="no activation format"):
+        apply(model, "semantic_dialect", activation=None)
+    with pytest.raises(TypeError, match="Recipe or a registered recipe name"):
+        apply(model, 4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Keep or a Quantize"):
+        LayerPolicy(exact={"proj_out": "keep"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="not a valid regex"):
+        LayerPolicy(patterns=[("blocks.(", Keep())])
+    assert_restored(model, before)
+
+
+# ---------------------------------------------------------------------------
+# layer policy
+
+
+def test_default_policy_keeps_embedders_modulation_and_final_layer() -> None:
+    model = make_model()
+    with apply(model, "mxfp4") as emulation:
+        report = emulation.report()
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert {lay.name for lay in report.skipped} == KEPT
+    assert {lay.name for lay in report.quantized} == linears - KEPT
+    assert all(lay.reason and lay.rule.startswith("pattern") for lay in report.skipped)
+
+
+def test_exact_name_beats_pattern_beats_default() -> None:
+    policy = LayerPolicy(
+        exact={"blocks.0.ff.2": Quantize(weight="fp8_e4m3", activation=None), "proj_out": Quantize()},
+        patterns=[(r"\.attn2\.", Keep("cross-attention")), (r"attn", Quantize(weight="nvfp4")), *LayerPolicy().patterns],
+        default=Keep("not listed"),
+    )
+    model = make_model()
+    with apply(model, "mxfp4", layers=policy) as emulation:
+        layers = {lay.name: lay for lay in emulation.report().layers}
+    assert {k: op.format for k, op in layers["blocks.0.ff.2"].operands.items()} == {"weight": "fp8_e4m3"}
+    assert layers["blocks.0.ff.2"].rule == "exact name 'blocks.0.ff.2'"
+    assert {k: op.format for k, op in layers["proj_out"].operands.items()} == {"weight": "mxfp4", "activation": "mxfp4"}
+    assert not layers["blocks.1.attn2.to_q"].quantized and layers["blocks.1.attn2.to_q"].reason == "cross-attention"
+    assert {k: op.format for k, op in layers["blocks.1.attn1.to_v"].operands.items()} == {"weight": "nvfp4", "activation": "mxfp4"}
+    assert not layers["blocks.1.ff.0"].quantized and layers["blocks.1.ff.0"].reason == "not listed"
+    assert not layers["x_embedder"].quantized
+
+
+def test_with_rules_puts_new_rules_first() -> None:
+    policy = LayerPolicy().with_rules(exact={"proj_out": Quantize(activation=None)}, patterns=[(r"ff\.2$", Keep("last ff"))])
+    assert policy.rule_for("proj_out") == (Quantize(activation=None), "exact name 'proj_out'")
+    assert policy.rule_for("blocks.1.ff.2")[0] == Keep("last ff")
+    assert policy.rule_for("x_embedder")[0] == LayerPolicy().rule_for("x_embedder")[0]
+    assert policy.rule_for("blocks.1.ff.0") == (Quantize(), "default")
+
+
+# ---------------------------------------------------------------------------
+# attention operands
+
+
+def _sdpa_inputs(model: ToyDiT) -> tuple[torch.Tensor, ...]:
+    return model.blocks[0].attn1.processor.seen[-1]
+
+
+def test_attention_is_not_touched_when_its_operands_are_off() -> None:
+    model = make_model()
+    processors = [m.processor for m in model.modules() if isinstance(m, ToyAttention)]
+    with apply(model, "mxfp4") as emulation:
+        assert [m.processor for m in model.modules() if isinstance(m, ToyAttention)] == processors
+        assert all(type(p) is RecordingProcessor for p in processors)
+        assert all(lay.kind == "linear" for lay in emulation.report().layers)
+
+
+def test_qk_quantizes_q_and_k_along_the_head_dim() -> None:
+    model = make_model()
+    with apply(model, "mxfp4", weight=None, activation=None, qk="mxfp4"):
+        forward(model)
+        q, k, v, out = _sdpa_inputs(model)
+    assert q.shape == (1, HEADS, TOKENS, DIM // HEADS)
+    expected = F.scaled_dot_product_attention(lowbit.fake_quant(q, "mxfp4", axis=-1), lowbit.fake_quant(k, "mxfp4", axis=-1), v)
+    assert torch.equal(out, expected)
+    assert not torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_pv_quantizes_p_and_v_along_the_key_axis() -> None:
+    model = make_model()
+    with apply(model, "mxfp4", weight=None, activation=None, pv="nvfp4") as emulation:
+        forward(model)
+        q, k, v, out = _sdpa_inputs(model)
+        report = emulation.report()
+    p = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
+    expected = lowbit.fake_quant(p, "nvfp4", axis=-1) @ lowbit.fake_quant(v, "nvfp4", axis=-2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)  # softmax rounding may differ in the last bit
+    assert not torch.allclose(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5)
+    attn = next(lay for lay in report.layers if lay.name == "blocks.0.attn1")
+    assert set(attn.operands) == {"p", "v"} and attn.calls == 1 and math.isfinite(attn.output_sqnr_db)
+
+
+def test_pv_respects_a_boolean_mask() -> None:
+    mask = torch.ones(TOKENS, TOKENS, dtype=torch.bool)
+    mask[:, -4:] = False
+    model = make_model()
+    model.blocks[0].attn1.processor.mask = mask
+    with apply(model, "mxfp4", weight=None, activation=None, pv="mxfp4"):
+        forward(model)
+        q, k, v, out = _sdpa_inputs(model)
+        fp = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # Masked keys carry no weight: their values cannot reach the output.
+        v2 = v.clone()
+        v2[..., -4:, :] = 1e3
+        out2 = model_module._explicit_attention(q, k, v2, {**model_module._SDPA_DEFAULTS, "attn_mask": mask},
+                                                lambda t: t, lambda t: t)  # fmt: skip
+    torch.testing.assert_close(out2, fp, rtol=1e-5, atol=1e-6)
+    assert (out - fp).abs().max() < 0.2 * fp.abs().max()
+
+
+# ---------------------------------------------------------------------------
+# semantic policies and step state
+
+
+def test_semantic_state_is_wired_to_attention_and_linears(fake_semantic: type[FakeSemanticState]) -> None:
+    model = make_model()
+    with apply(model, "semantic_dialect") as emulation:
+        (state,) = fake_semantic.made
+        assert state.args == ("semantic_dialect", Decomposition(), SeDA())
+        forward(model)
+        forward(model)
+        report = emulation.report()
+        assert emulation.forwards == 2 and emulation.step == 1
+    # Both attention modules of both blocks were observed with SDPA's (B, H, L, D) operands.
+    observed = {(name, step) for name, *_, step in state.observed}
+    assert observed == {(f"blocks.{b}.attn{a}", s) for b in (0, 1) for a in (1, 2) for s in (0, 1)}
+    assert ("blocks.0.attn1", (1, HEADS, TOKENS, DIM // HEADS), (1, HEADS, TOKENS, DIM // HEADS), 0) in state.observed
+    used = {(name, step): attn for name, attn, step in state.quantized}
+    assert used["blocks.0.attn1.to_q", 0] == used["blocks.0.attn1.to_q", 1] == "blocks.0.attn1"
+    assert used["blocks.1.ff.2", 0] == used["blocks.1.ff.2", 1] == "blocks.1.attn1"  # same block, first in order
+    # attn2 is cross-attention (5 context tokens): known once its SDPA ran, then the
+    # self-attention of the same block serves its linears
+    assert used["blocks.1.attn2.to_q", 0] == "blocks.1.attn2"
+    assert used["blocks.1.attn2.to_q", 1] == "blocks.1.attn1"
+    assert {step for *_, step in state.quantized} == {0, 1}
+    layers = {lay.name: lay for lay in report.layers}
+    assert layers["blocks.0.ff.0"].semantic == {"seda": 2}
+    assert layers["blocks.0.ff.0"].attention == "blocks.0.attn1"
+    # the extra bits the policy charged show up in the activation's bits per element
+    act = layers["blocks.0.ff.0"].operands["activation"]
+    plain = fake_quant_with_stats(torch.zeros(1, TOKENS, DIM), "semantic_dialect")[1].bits_per_element
+    assert act.bits_per_element == pytest.approx(plain + 1000.0 / (TOKENS * DIM))
+    assert report.semantic_state == {"fake": True, "observed": 8}
+    observed_only = layers["blocks.0.attn1"]  # no qk/pv format: observed, not quantized
+    assert not observed_only.quantized and observed_only.operands == {} and observed_only.calls == 2
+
+
+def test_reset_clears_step_state_and_statistics(fake_semantic: type[FakeSemanticState]) -> None:
+    model = make_model()
+    with apply(model, "semantic_dialect_no_seda") as emulation:
+        forward(model)
+        forward(model)
+        emulation.reset()
+        (state,) = fake_semantic.made
+        assert state.resets == 1 and emulation.step == 0 and emulation.forwards == 0
+        report = emulation.report()
+        ff = next(lay for lay in report.layers if lay.name == "blocks.0.ff.0")
+        assert ff.calls == 0 and ff.semantic == {} and ff.operands["activation"].elements == 0
+        assert ff.operands["weight"].elements == 2 * DIM * DIM
+        forward(model)
+        assert state.quantized[-1][2] == 0
+
+
+def test_step_counts_root_forwards_without_semantic_policy() -> None:
+    model = make_model()
+    with apply(model, "mxfp4") as emulation:
+        assert emulation.step == 0 and emulation.forwards == 0
+        for _ in range(3):
+            forward(model)
+        model.blocks[0](torch.zeros(1, 3, DIM), torch.zeros(1, DIM), torch.zeros(1, 2, DIM))  # not the root
+        assert emulation.forwards == 3 and emulation.step == 2
+
+
+# ---------------------------------------------------------------------------
+# report
+
+
+def test_report_json_table_and_plots(tmp_path: Path) -> None:
+    model = make_model()
+    with apply(model, "block_dialect", qk="mxfp8_e4m3") as emulation:
+        forward(model)
+        report = emulation.report()
+    data = report.to_dict()
+    assert json.loads(report.to_json()) == data
+    assert Report.from_json(report.to_json()).to_dict() == data
+    assert {lay["name"] for lay in data["layers"] if not lay["quantized"]} == KEPT
+    for lay in report.quantized:
+        assert math.isfinite(lay.output_sqnr_db) and lay.calls == 1, lay.name
+    ff = next(lay for lay in report.layers if lay.name == "blocks.0.ff.0")
+    assert ff.operands["weight"].format == "dialectfp4_mse" and ff.operands["activation"].format == "dialectfp4"
+    assert sum(ff.operands["weight"].dialect_counts) == 2 * DIM * DIM // 32  # one dialect per block of 32
+    assert 0 <= ff.operands["activation"].clip_rate < 1
+    assert data["summary"]["skipped_layers"] == len(KEPT)
+    text = str(report)
+    assert "blocks.0.ff.0" in text and "AdaLN modulation" in text
+    written = report.plot(tmp_path)
+    assert [p.name for p in written] == ["sqnr.png", "dialects.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_report_of_non_formatbook_recipe_writes_only_the_sqnr_plot(tmp_path: Path) -> None:
+    model = make_model()
+    with apply(model, "mxfp4") as emulation:
+        forward(model)
+        written = emulation.report().plot(tmp_path)
+    assert [p.name for p in written] == ["sqnr.png"]
+
+
+# ---------------------------------------------------------------------------
+# recipes
+
+
+def test_builtin_recipes_are_registered_as_a_plugin() -> None:
+    table = recipes()
+    assert list(table) == ["fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect",
+                           "semantic_dialect_no_seda", "semantic_dialect_no_decomp"]  # fmt: skip
+    formats = {name: (r.weight, r.activation, r.qk, r.pv) for name, r in table.items()}
+    assert formats["fp8"] == ("fp8_e4m3", "fp8_e4m3", None, None)
+    assert formats["block_dialect"] == ("dialectfp4_mse", "dialectfp4", None, None)
+    assert formats["semantic_dialect"] == ("semantic_dialect", "semantic_dialect", None, None)
+    policies = {name: (r.decomposition, r.assignment) for name, r in table.items()}
+    assert policies["semantic_dialect"] == (Decomposition(), SeDA())
+    assert policies["semantic_dialect_no_seda"] == (Decomposition(), None)
+    assert policies["semantic_dialect_no_decomp"] == (None, SeDA())
+    assert all(policies[n] == (None, None) for n in ("fp8", "mxfp4", "nvfp4", "block_dialect"))
+    assert lowbit.registry.registry().recipes.origin["nvfp4"] == "lowbit.plugins.builtin_recipes"
+    assert get_recipe("mxfp4") is table["mxfp4"]
+    hash(table["semantic_dialect"])  # a recipe is a frozen, hashable value
+
+
+def test_a_recipe_value_applies_without_registration() -> None:
+    recipe = Recipe(name="w4 only", weight="mxfp4", layers=LayerPolicy(patterns=()))
+    model = make_model()
+    with apply(model, recipe) as emulation:
+        report = emulation.report()
+    assert not report.skipped  # no pattern: every linear is quantized
+    assert all(set(lay.operands) == {"weight"} for lay in report.quantized)
+    assert attrs.evolve(recipe, activation="mxfp4").activation == "mxfp4"
+
+
+def test_cli_lists_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipes", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(recipes())
+    assert rows[3]["weight"] == "dialectfp4_mse" and rows[4]["assignment"]["anchors"] == SeDA().anchors
+    assert main(["recipes"]) == 0
+    assert "semantic_dialect_no_decomp" in capsys.readouterr().out
+
+
+def test_default_policy_holds_for_a_model_nested_in_a_wrapper() -> None:
+    wrapper = nn.Module()
+    wrapper.transformer = make_model()
+    with apply(wrapper, "mxfp4") as emulation:
+        skipped = {lay.name for lay in emulation.report().skipped}
+    assert skipped == {f"transformer.{name}" for name in KEPT}

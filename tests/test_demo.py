@@ -1,0 +1,60 @@
+"""``lowbit demo`` end to end on a small random-weight checkpoint (the bundled one is tested
+in test_bundled_model.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from lowbit.cli import main
+from lowbit.models import demo, tiny_dit
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    tiny_dit.save(tiny_dit.build(dict(tiny_dit.MODEL_CONFIG, num_layers=1)), path)
+    return path
+
+
+def test_demo_writes_the_table_gif_frames_and_plots(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["demo", "--model", str(checkpoint), "--out", str(out), "--recipes", "mxfp4,semantic_dialect", "--steps", "2"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    for name in ("full precision", "mxfp4", "semantic_dialect", "PSNR"):
+        assert name in printed
+    payload = json.loads((out / "metrics.json").read_text())
+    assert [r["variant"] for r in payload["rows"]] == ["full precision", "mxfp4", "semantic_dialect"]
+    assert payload["captions"] == list(demo.DEMO_CAPTIONS)
+    full, mx, sd = payload["rows"]
+    assert full["psnr_db"] == 99.0 and full["agreement"] == {"colour": 1.0, "shape": 1.0, "direction": 1.0}
+    assert 0 < mx["psnr_db"] < 99 and 0 < sd["psnr_db"] < 99  # quantization changed the videos
+    assert mx["weight_bits"] == pytest.approx(4.25) and mx["activation_bits"] == pytest.approx(4.25)
+    assert sd["activation_bits"] > 4.3125  # decomposition's residual bits are counted
+    gif = Image.open(out / "side_by_side.gif")
+    assert gif.n_frames == 8
+    assert gif.size[0] > 3 * 96 and gif.size[1] > len(demo.DEMO_CAPTIONS) * 96
+    for png in ("frames.png", "psnr.png", "mxfp4/sqnr.png", "semantic_dialect/dialects.png"):
+        assert Image.open(out / png).size[0] > 100
+
+
+def test_same_noise_gives_the_same_videos(checkpoint):
+    model = tiny_dit.load_bundled(checkpoint)
+    caps = [demo.Caption.parse(c) for c in demo.DEMO_CAPTIONS[:2]]
+    a = demo.run_variants(model, caps, demo.demo_noise(2), ["mxfp4"], steps=2)
+    b = demo.run_variants(model, caps, demo.demo_noise(2), ["mxfp4"], steps=2)
+    for va, vb in zip(a, b):
+        torch.testing.assert_close(va.videos, vb.videos, rtol=0, atol=0)
+    # video i's noise does not depend on how many videos are drawn
+    torch.testing.assert_close(demo.demo_noise(3)[:2], demo.demo_noise(2), rtol=0, atol=0)
+
+
+def test_unknown_recipe_is_a_clear_error(checkpoint, tmp_path, capsys):
+    status = main(["demo", "--model", str(checkpoint), "--out", str(tmp_path), "--recipes", "nope", "--steps", "1"])
+    assert status == 2
+    assert "nope" in capsys.readouterr().err
