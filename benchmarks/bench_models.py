@@ -22,7 +22,6 @@ status 1 when a target is missed. Numbers go to docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -36,7 +35,7 @@ from rich.console import Console
 from bench_formats import machine
 from lowbit.emulate import apply
 from lowbit.models.demo import demo_noise, metrics_rows, rows_table, run_variants
-from lowbit.models.shapes import COLOURS, DIRECTIONS, SHAPES, Caption
+from lowbit.models.shapes import all_captions
 from lowbit.models.tiny_dit import load_bundled, sample
 
 RECIPES = ("fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semantic_dialect_no_seda",
@@ -44,11 +43,6 @@ RECIPES = ("fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semant
 ORDER = ("semantic_dialect", "block_dialect", "nvfp4", "mxfp4")  # PSNR must not increase along this
 MARGIN_DB = 2.0
 OVERHEAD_TARGET = 3.0
-
-
-def all_captions() -> list[Caption]:
-    ranges = (range(len(COLOURS)), range(len(SHAPES)), range(len(DIRECTIONS)))
-    return [Caption(c, s, d) for c, s, d in itertools.product(*ranges)]
 
 
 def overhead(model, captions, noise, steps: int, repeats: int) -> dict[str, float]:

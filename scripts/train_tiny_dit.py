@@ -2,11 +2,14 @@
 
     python scripts/train_tiny_dit.py --minutes 150 --threads 1
 
-Resumes from ``--work/state.pt`` when it exists. Every ``--eval-every`` steps it samples
-all 48 captions (fixed seeds, 20 Euler steps, guidance 3) with the EMA weights, scores
-them with the analytic detectors of ``lowbit.models.shapes``, appends a line to
-``--work/log.jsonl`` and writes the float16 EMA weights, with the configuration,
-step, training time and scores in the metadata, to ``--work/tiny_wan.safetensors``.
+Resumes from ``--work/state.pt`` when it exists; otherwise ``--init CHECKPOINT``
+starts the model and its EMA from a checkpoint's (float16) weights, e.g. the bundled
+one, with a fresh optimizer. Every ``--eval-every`` steps it writes
+the float16 EMA weights to ``--work/tiny_wan.safetensors`` and scores them with
+``lowbit.models.tiny_dit.detector_eval`` (all 48 captions, fixed seeds, 20 Euler steps,
+guidance 3, the analytic detectors of ``lowbit.models.shapes``); the configuration,
+step, training time and scores go into the file's metadata and a line into
+``--work/log.jsonl``.
 Copy that file to ``src/lowbit/models/data/`` to ship it.
 """
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import time
 from pathlib import Path
@@ -22,20 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowbit.models.shapes import COLOURS, DIRECTIONS, SHAPES, Caption, detector_scores, random_captions, random_videos
-from lowbit.models.tiny_dit import MODEL_CONFIG, build, sample, save as save_checkpoint
-
-ALL_CAPTIONS = [
-    Caption(c, s, d) for c, s, d in itertools.product(range(len(COLOURS)), range(len(SHAPES)), range(len(DIRECTIONS)))
-]
-
-
-def evaluate(model, seed: int = 1234) -> dict[str, float]:
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(ALL_CAPTIONS), 3, 8, 32, 32), generator=g)
-    videos = sample(model, ALL_CAPTIONS, noise, steps=20, guidance=3.0)
-    return detector_scores(videos, ALL_CAPTIONS)
-
+from lowbit.models.shapes import random_captions, random_videos
+from lowbit.models.tiny_dit import MODEL_CONFIG, build, checkpoint_metadata, detector_eval, load_bundled
+from lowbit.models.tiny_dit import save as save_checkpoint
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +39,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="checkpoint to start from when --work has no state")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -69,6 +61,15 @@ def main() -> None:
         rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed at step {step} ({seconds / 60:.1f} min trained)", flush=True)
+    elif args.init is not None:
+        start = load_bundled(args.init)
+        if start.config != config:
+            raise SystemExit(f"{args.init} has configuration {start.config}, not {config}")
+        model.load_state_dict(start.state_dict())
+        ema.load_state_dict(start.state_dict())
+        meta = checkpoint_metadata(args.init)
+        step, seconds = int(meta.get("step", 0)), 60.0 * float(meta.get("train_minutes", 0.0))
+        print(f"initialised from {args.init} (step {step})", flush=True)
 
     def save() -> None:
         torch.save(
@@ -109,12 +110,15 @@ def main() -> None:
         if step % args.save_every == 0:
             save()
         if step % args.eval_every == 0:
-            scores = evaluate(ema)
-            record = {"step": step, "minutes": round(seconds / 60, 1), "loss": float(np.mean(losses[-500:])), **scores}
+            # the scores are those of the shipped (float16) weights
+            path, meta = args.work / "tiny_wan.safetensors", {"step": step, "train_minutes": round(seconds / 60, 1)}
+            save_checkpoint(ema, path, meta)
+            scores = detector_eval(load_bundled(path))
+            save_checkpoint(ema, path, {**meta, "scores": scores})
+            record = {**meta, "loss": float(np.mean(losses[-500:])), **scores}
             print(json.dumps(record), flush=True)
             with open(args.work / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            save_checkpoint(ema, args.work / "tiny_wan.safetensors", {"step": step, "train_minutes": record["minutes"], "scores": scores})
     save()
 
 

@@ -116,6 +116,86 @@ def forward(model: nn.Module) -> torch.Tensor:
         return model(*inputs())
 
 
+TEXT, VIDEO = 4, 12  # tokens of the two streams of the dual-stream toy
+
+
+class JointProcessor:
+    """A dual-stream processor: each stream's own projections, then one SDPA over both
+    streams concatenated in ``order`` (diffusers' Flux puts text first, Mochi video first).
+    The last ``drop`` text tokens are left out of the joint sequence (as Mochi does with
+    masked prompt tokens). Records SDPA's q and k and each output projection's input and output."""
+
+    def __init__(self, order: str, drop: int = 0) -> None:
+        self.order, self.drop = order, drop
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self, attn: JointAttention, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, c = x.shape
+        kept = context.shape[1] - self.drop
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, -1, HEADS, c // HEADS).transpose(1, 2)
+
+        video = [heads(p(x)) for p in (attn.to_q, attn.to_k, attn.to_v)]
+        text = [heads(p(context))[:, :, :kept] for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)]
+        first, last = (text, video) if self.order == "text_first" else (video, text)
+        q, k, v = (torch.cat(pair, dim=2) for pair in zip(first, last))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        video_out, text_out = (out[:, kept:], out[:, :kept]) if self.order == "text_first" else (out[:, :n], out[:, n:])
+        text_out = F.pad(text_out, (0, 0, 0, self.drop))
+        video_y, text_y = attn.to_out(video_out), attn.to_add_out(text_out)
+        self.seen = {"q": q, "k": k, "to_out": (video_out, video_y), "to_add_out": (text_out, text_y)}
+        return video_y, text_y
+
+
+class JointAttention(nn.Module):
+    def __init__(self, dim: int, processor: JointProcessor) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.to_out = nn.Sequential(nn.Linear(dim, dim))  # diffusers' to_out.0
+        self.add_q_proj, self.add_k_proj, self.add_v_proj, self.to_add_out = (nn.Linear(dim, dim) for _ in range(4))
+        self.processor = processor
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.processor(self, x, context)
+
+
+class JointBlock(nn.Module):
+    """A dual-stream block: joint attention, then an FFN per stream (``ff``, ``ff_context``)."""
+
+    def __init__(self, dim: int, processor: JointProcessor) -> None:
+        super().__init__()
+        self.attn = JointAttention(dim, processor)
+        self.ff, self.ff_context = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, c = self.attn(x, context)
+        x, context = x + a, context + c
+        return x + self.ff(x), context + self.ff_context(context)
+
+
+class JointDiT(nn.Module):
+    def __init__(self, order: str, drop: int = 0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([JointBlock(DIM, JointProcessor(order, drop))])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.blocks:
+            x, context = block(x, context)
+        return x, context
+
+
+def joint_model(order: str, drop: int = 0) -> JointDiT:
+    torch.manual_seed(0)
+    return JointDiT(order, drop).eval()
+
+
+def joint_forward(model: JointDiT) -> None:
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model(torch.randn(1, VIDEO, DIM, generator=g), torch.randn(1, TEXT, DIM, generator=g))
+
+
 class FakeSemanticState:
     """Stands in for lowbit.emulate.semantic.SemanticState and records how it is called."""
 
@@ -125,6 +205,7 @@ class FakeSemanticState:
         self.args = (activation_format, decomposition, seda)
         self.observed: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
         self.quantized: list[tuple[str, str | None, int]] = []
+        self.tokens: list[slice | None] = []
         self.resets = 0
         FakeSemanticState.made.append(self)
 
@@ -132,8 +213,10 @@ class FakeSemanticState:
                           scale: Any = None, step: int) -> None:  # fmt: skip
         self.observed.append((attn_name, tuple(query.shape), tuple(key.shape), step))
 
-    def quantize(self, linear_name: str, attn_name: str | None, x: torch.Tensor, *, step: int) -> tuple[Any, Any, str]:
+    def quantize(self, linear_name: str, attn_name: str | None, x: torch.Tensor, *, step: int,
+                 tokens: slice | None = None) -> tuple[Any, Any, str]:  # fmt: skip
         self.quantized.append((linear_name, attn_name, step))
+        self.tokens.append(tokens)
         y, stats, _ = fake_quant_with_stats(x, self.args[0], axis=-1, extra_bits=1000.0)
         return y, stats, "seda" if attn_name else "plain (no attention module)"
 
@@ -416,6 +499,7 @@ def test_semantic_state_is_wired_to_attention_and_linears(fake_semantic: type[Fa
     assert used["blocks.1.attn2.to_q", 0] == "blocks.1.attn2"
     assert used["blocks.1.attn2.to_q", 1] == "blocks.1.attn1"
     assert {step for *_, step in state.quantized} == {0, 1}
+    assert set(state.tokens) == {None}  # no dual-stream block: every linear sees all tokens
     layers = {lay.name: lay for lay in report.layers}
     assert layers["blocks.0.ff.0"].semantic == {"seda": 2}
     assert layers["blocks.0.ff.0"].attention == "blocks.0.attn1"
@@ -426,6 +510,72 @@ def test_semantic_state_is_wired_to_attention_and_linears(fake_semantic: type[Fa
     assert report.semantic_state == {"fake": True, "observed": 8}
     observed_only = layers["blocks.0.attn1"]  # no qk/pv format: observed, not quantized
     assert not observed_only.quantized and observed_only.operands == {} and observed_only.calls == 2
+
+
+def _with_residual(x: torch.Tensor, salient: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Decomposition by hand: Q(x) everywhere, plus Q(x - Q(x)) on the ``salient`` rows."""
+    plain = lowbit.fake_quant(x, fmt, axis=-1)
+    out = plain.clone()
+    out[salient] = plain[salient] + lowbit.fake_quant(x[salient] - plain[salient], fmt, axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("order", ["text_first", "video_first"])
+def test_dual_stream_linears_use_the_salient_tokens_of_their_stream(order: str) -> None:
+    model = joint_model(order)
+    fmt, total = "semantic_dialect", TEXT + VIDEO
+    attn = model.blocks[0].attn
+    with apply(model, fmt, weight=None, decomposition=Decomposition(fraction=0.5), assignment=None,
+               token_order=order) as emulation:  # fmt: skip
+        joint_forward(model)
+        layers = {lay.name: lay for lay in emulation.report().layers}
+        state = emulation.semantic.attention_state("blocks.0.attn")
+    seen = attn.processor.seen
+    # the salient tokens of the joint sequence, from SDPA's own probabilities (V = identity)
+    q, k = seen["q"].double(), seen["k"].double()
+    probabilities = F.scaled_dot_product_attention(q, k, torch.eye(total, dtype=torch.float64).expand(1, HEADS, -1, -1))
+    top = torch.sort(probabilities.mean(dim=(1, 2)), dim=-1, descending=True, stable=True).indices[:, : total // 2]
+    salient = torch.zeros(1, total, dtype=torch.bool).scatter_(1, top, True)
+    assert torch.equal(state.salient, salient)
+    # (the stream's tokens, the other end of the sequence): text-first has text at 0..3 and
+    # video at 4..15, video-first video at 0..11 and text at 12..15
+    text_head, text_tail = slice(0, TEXT), slice(VIDEO, total)
+    video_head, video_tail = slice(0, VIDEO), slice(TEXT, total)
+    streams = {"to_add_out": (text_head, text_tail), "to_out": (video_tail, video_head)}
+    if order == "video_first":
+        streams = {"to_add_out": (text_tail, text_head), "to_out": (video_head, video_tail)}
+    for name, (tokens, other) in streams.items():
+        rows = salient[:, tokens]
+        assert rows.any() and not torch.equal(rows, salient[:, other])  # a wrong slice would show
+        linear = attn.to_add_out if name == "to_add_out" else attn.to_out[0]
+        x, y = seen[name]
+        torch.testing.assert_close(y, F.linear(_with_residual(x, rows, fmt), linear.weight, linear.bias), rtol=0, atol=0)
+    # every linear that ran after the attention used its stream's slice of the state
+    for name in ("attn.to_out.0", "attn.to_add_out", "ff", "ff_context"):
+        assert layers[f"blocks.0.{name}"].semantic == {"decomposition": 1}, name
+    for name in ("attn.to_q", "attn.add_q_proj"):
+        assert layers[f"blocks.0.{name}"].semantic == {"plain (no attention state yet)": 1}, name
+
+
+def test_dual_stream_fallbacks_and_token_order_errors() -> None:
+    # a class without a known joint order: the stream linears' token counts do not fit
+    model = joint_model("text_first")
+    with apply(model, "semantic_dialect_no_seda") as emulation:
+        joint_forward(model)
+        layers = {lay.name: lay for lay in emulation.report().layers}
+    assert layers["blocks.0.attn.to_add_out"].semantic == {f"plain (token count {TEXT} != {TEXT + VIDEO})": 1}
+    assert layers["blocks.0.ff"].semantic == {f"plain (token count {VIDEO} != {TEXT + VIDEO})": 1}
+    # one masked prompt token left out of the joint sequence: the video stream (first) still
+    # fits, the text stream (last) would be misaligned and stays plain
+    model = joint_model("video_first", drop=1)
+    with apply(model, "semantic_dialect_no_seda", token_order="video_first") as emulation:
+        joint_forward(model)
+        layers = {lay.name: lay for lay in emulation.report().layers}
+    why = f"plain (joint tokens {TEXT + VIDEO - 1} != {VIDEO} + {TEXT} of the two streams)"
+    assert layers["blocks.0.attn.to_add_out"].semantic == layers["blocks.0.ff_context"].semantic == {why: 1}
+    assert layers["blocks.0.attn.to_out.0"].semantic == layers["blocks.0.ff"].semantic == {"decomposition": 1}
+    with pytest.raises(ValueError, match="token_order must be 'text_first', 'video_first' or None"):
+        apply(model, "semantic_dialect", token_order="text-first")  # type: ignore[arg-type]
 
 
 def test_reset_clears_step_state_and_statistics(fake_semantic: type[FakeSemanticState]) -> None:

@@ -4,7 +4,9 @@ For each class: the recipe changes the output, the default layer policy keeps th
 embedders, the AdaLN modulation linears and the final layer in full precision (the
 expected names are listed here by hand from each class's module tree), attention
 operands can be quantized, and ``remove`` gives back the model bit for bit.
-FluxTransformer2DModel is fed 3-D position ids: the Open-Sora 2.0 topology.
+FluxTransformer2DModel is fed 3-D position ids: the Open-Sora 2.0 topology. In the
+dual-stream blocks of Flux, HunyuanVideo and Mochi the semantic policies reach the
+linears of both streams.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any, Callable
 import diffusers
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import lowbit
 from lowbit.emulate import Report, apply, recipes
+from lowbit.emulate.semantic import Decomposition
 from test_apply import assert_restored, snapshot
 
 # diffusers' Mochi RoPE asks CPU autocast for float32, which CPU autocast ignores with a warning
@@ -86,6 +91,11 @@ def _flux_open_sora() -> tuple[nn.Module, dict[str, Any]]:
                        img_ids=img_ids, txt_ids=torch.zeros(TEXT, 3))  # fmt: skip
 
 
+# Models with dual-stream (joint attention) blocks, and the policies each semantic recipe applies
+DUAL_STREAM = {"flux_open_sora", "hunyuan_video", "mochi"}
+SEMANTIC_PARTS = {"semantic_dialect": "decomposition+seda", "semantic_dialect_no_seda": "decomposition",
+                  "semantic_dialect_no_decomp": "seda"}  # fmt: skip
+
 # Linears the default policy must keep, read off each class's module tree: a name here
 # keeps that module and everything under it.
 MODELS: dict[str, tuple[Callable[[], tuple[nn.Module, dict[str, Any]]], tuple[str, ...]]] = {
@@ -153,9 +163,11 @@ def test_builtin_recipe(built: Built, recipe: str) -> None:
         linears = [lay for lay in report.quantized if lay.kind == "linear"]
         assert sum(sum(lay.semantic.values()) for lay in linears) == sum(lay.calls for lay in linears)
         applied = {k for lay in linears for k in lay.semantic}
-        # Mochi's linears see the video or the text stream alone while its joint attention
-        # sees both, so no attention state fits them (see docs/models.md)
-        assert built.name == "mochi" or any(not k.startswith("plain") for k in applied), applied
+        assert SEMANTIC_PARTS[recipe] in applied, applied
+        if built.name in DUAL_STREAM:
+            # both streams' linears fit their joint attention's state; only the projections
+            # that run before the first attention find none yet
+            assert applied <= {SEMANTIC_PARTS[recipe], "plain (no attention state yet)"}, applied
     built.check_restored()
 
 
@@ -175,6 +187,47 @@ def test_attention_operands(built: Built, operand: str) -> None:
     assert {n for n, lay in attention.items() if not lay.quantized} == {
         n for n in built.attentions if any(n.startswith(k + ".") for k in built.keep)
     }
+    built.check_restored()
+
+
+@pytest.mark.parametrize("built", sorted(DUAL_STREAM), indirect=True)
+def test_semantic_policies_reach_both_streams_of_dual_stream_blocks(built: Built) -> None:
+    with apply(built.model, "semantic_dialect") as emulation:
+        run(built.model, built.kwargs)
+        run(built.model, built.kwargs)  # q/k/v projections run before attention: second forward
+        report = emulation.report()
+    dual = [lay for lay in report.quantized if lay.kind == "linear" and lay.name.startswith("transformer_blocks.")]
+    names = {lay.name for lay in dual}
+    assert {"transformer_blocks.0.ff.net.2", "transformer_blocks.0.ff.net.0.proj"} <= names  # video stream
+    assert any(n.endswith(".add_q_proj") for n in names)  # text stream
+    for lay in dual:  # every linear of both streams used the state of its joint attention
+        assert lay.semantic.get("decomposition+seda", 0) >= 1, (lay.name, lay.semantic)
+        assert set(lay.semantic) <= {"decomposition+seda", "plain (no attention state yet)"}, (lay.name, lay.semantic)
+    built.check_restored()
+
+
+@pytest.mark.parametrize("built", ["flux_open_sora", "hunyuan_video"], indirect=True)
+def test_text_stream_uses_its_end_of_the_joint_sequence(built: Built) -> None:
+    # diffusers' Flux puts the text first in its joint attention, HunyuanVideo last
+    fmt, block = "semantic_dialect", "transformer_blocks.0"
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    to_add_out = built.model.get_submodule(f"{block}.attn.to_add_out")
+    hook = to_add_out.register_forward_hook(lambda module, args, y: seen.append((args[0], y)))
+    try:
+        with apply(built.model, fmt, weight=None, decomposition=Decomposition(fraction=0.5), assignment=None) as emulation:
+            run(built.model, built.kwargs)
+            salient = emulation.semantic.attention_state(f"{block}.attn").salient
+    finally:
+        hook.remove()
+    ((x, y),) = seen
+    n = x.shape[1]
+    head, tail = salient[:, :n], salient[:, -n:]
+    rows, other = (head, tail) if built.name == "flux_open_sora" else (tail, head)
+    assert rows.any() and not torch.equal(rows, other)  # the other end would show
+    plain = lowbit.fake_quant(x, fmt, axis=-1)
+    q = plain.clone()
+    q[rows] = plain[rows] + lowbit.fake_quant(x[rows] - plain[rows], fmt, axis=-1)
+    torch.testing.assert_close(y, F.linear(q, to_add_out.weight, to_add_out.bias), rtol=0, atol=0)
     built.check_restored()
 
 

@@ -128,17 +128,23 @@ def test_groups_of_hand_built_attention() -> None:
     assert d["group_sizes"] == [[5, 3], [5, 3]] and d["salient"] == [2, 2]
 
 
+def _expected_groups(p: torch.Tensor, n_anchors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors (B, A) and groups (B, L) from a full probability map (B, H, L, L): the most
+    salient tokens, and for each token the anchor its head-averaged row favours most."""
+    saliency = p.mean(dim=(1, 2)).numpy()
+    anchors = np.argsort(-saliency, axis=1, kind="stable")[:, :n_anchors]
+    mean = p.mean(dim=1).numpy()  # (B, L, L) averaged over heads
+    groups = np.stack([mean[b][:, anchors[b]].argmax(axis=1) for b in range(p.shape[0])])
+    for b in range(p.shape[0]):
+        groups[b, anchors[b]] = np.arange(n_anchors)
+    return anchors, groups
+
+
 @pytest.mark.parametrize("chunk", [1, 6, 64])
 def test_groups_equal_full_attention_argmax(chunk: int) -> None:
     q, k = _qk(4, b=2, h=3, n=24)
     mask = _masks("bool", 2, 3, 24)
-    p = _probabilities(q, k, mask)
-    saliency = p.mean(dim=(1, 2)).numpy()
-    anchors = np.argsort(-saliency, axis=1, kind="stable")[:, :5]
-    mean = p.mean(dim=1).numpy()  # (B, L, L) averaged over heads
-    expected = np.stack([mean[b][:, anchors[b]].argmax(axis=1) for b in range(2)])
-    for b in range(2):
-        expected[b, anchors[b]] = np.arange(5)
+    anchors, expected = _expected_groups(_probabilities(q, k, mask), 5)
     got = attention_groups(q, k, torch.from_numpy(anchors), attn_mask=mask, chunk=chunk)
     np.testing.assert_array_equal(got.numpy(), expected)
     st = SemanticState(FMT, None, SeDA(anchors=5), chunk=chunk)
@@ -220,6 +226,72 @@ def test_seda_sub_formatbooks_are_the_most_used_dialects() -> None:
             assert set(chosen[b, t].tolist()) <= set(expected[b][groups[b, t]])
     np.testing.assert_array_equal(stats.dialect_counts, np.bincount(chosen.ravel(), minlength=N_DIALECTS))
     assert not np.array_equal(y.numpy(), lowbit.fake_quant(x, FMT, axis=-1).numpy())  # the restriction did something
+
+
+# ---------------------------------------------------------------------------
+# token slices (one stream of a joint attention)
+
+
+def _salient(q: torch.Tensor, k: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, L) bool: the ``count`` most attended tokens of each batch item (stable order)."""
+    saliency = _probabilities(q, k).mean(dim=(1, 2)).numpy()
+    top = np.argsort(-saliency, axis=1, kind="stable")[:, :count]
+    mask = np.zeros(saliency.shape, dtype=bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    return torch.from_numpy(mask)
+
+
+def _packed_bits(rows: int) -> int:
+    """Storage of ``rows`` x 64 values in FMT, each field packed into whole bytes: 4-bit codes,
+    then a 5-bit exponent and a 5-bit dialect id for each of the 2 blocks per row."""
+    return 8 * (math.ceil(rows * 64 * 4 / 8) + 2 * math.ceil(rows * 2 * 5 / 8))
+
+
+def test_token_slice_uses_the_salient_rows_of_the_slice() -> None:
+    q, k = _qk(30, n=16)
+    salient = _salient(q, k, 4)  # ceil(0.25 * 16)
+    head, tail = slice(0, 6), slice(10, 16)
+    # the two slices of a 6-token stream see different salient rows: a wrong slice shows
+    assert not torch.equal(salient[:, head], salient[:, tail])
+    st = SemanticState(FMT, Decomposition(fraction=0.25), None)
+    st.observe_attention("attn", q, k, step=0)
+    x = _activations(30, (2, 6, 64))
+    plain = lowbit.fake_quant(x, FMT, axis=-1)
+    for tokens in (head, tail):
+        rows = salient[:, tokens]
+        assert rows.any()
+        y, stats, applied = st.quantize("lin", "attn", x, step=0, tokens=tokens)
+        assert applied == "decomposition"
+        torch.testing.assert_close(y[~rows], plain[~rows], rtol=0, atol=0)
+        fixed = plain[rows] + lowbit.fake_quant(x[rows] - plain[rows], FMT, axis=-1)
+        torch.testing.assert_close(y[rows], fixed, rtol=0, atol=0)
+        # plus the residual storage of exactly the slice's salient rows
+        assert stats.bits == _packed_bits(2 * 6) + _packed_bits(int(rows.sum()))
+    # a token that is salient in no batch item: nothing to add back, and no extra bits
+    quiet = int(np.flatnonzero(~salient.any(dim=0).numpy())[0])
+    y, stats, applied = st.quantize("lin", "attn", x[:, :1], step=0, tokens=slice(quiet, quiet + 1))
+    assert applied == "decomposition"
+    torch.testing.assert_close(y, plain[:, :1], rtol=0, atol=0)
+    assert stats.bits == _packed_bits(2)
+
+
+def test_token_slice_uses_the_groups_of_the_slice() -> None:
+    q, k = _qk(31, n=16)
+    _, groups = _expected_groups(_probabilities(q, k), 3)
+    tokens = slice(9, 16)
+    assert not np.array_equal(groups[:, tokens], groups[:, :7])
+    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4))
+    st.observe_attention("attn", q, k, step=0)
+    x = _activations(31, (2, 7, 64))
+    y, _, applied = st.quantize("blk.ff_context", "attn", x, step=0, tokens=tokens)
+    assert applied == "seda"
+    sliced = groups[:, tokens]
+    expected = _expected_subbooks(x, sliced, 3, 4)  # groups absent from the slice: dialects 0-3
+    assert st.describe()["attn"]["subformatbooks"]["blk.ff_context"]["dialects"] == expected
+    sub = torch.from_numpy(np.arange(2)[:, None] * 3 + sliced)[..., None]
+    flat = [d for per_batch in expected for d in per_batch]
+    q1 = lowbit.quantize(x, FMT, axis=-1, subbooks=SubFormatbooks.from_dialects(flat, N_DIALECTS, ids=sub))
+    torch.testing.assert_close(y, lowbit.dequantize(q1), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +407,9 @@ def test_applied_labels_and_plain_fallbacks() -> None:
     assert st.quantize("blk.attn.to_q", "attn", x, step=0)[2] == "plain"
     assert st.quantize("blk.ff.0", None, x, step=0)[2] == "plain (no attention module)"
     assert st.quantize("blk.ff.0", "attn", x[:, :3], step=0)[2] == "plain (token count 3 != 16)"
+    assert st.quantize("blk.ff.0", "attn", x[:, :3], step=0, tokens=slice(14, 17))[2] == "plain (token slice 14:17 outside 16 tokens)"
+    assert st.quantize("blk.ff.0", "attn", x[:, :3], step=0, tokens=slice(0, 4))[2] == "plain (token count 3 != slice 0:4)"
+    assert st.quantize("blk.ff.0", "attn", x[:, :3], step=0, tokens=slice(13, 16))[2] == "decomposition"
     y, _, applied = st.quantize("blk.ff.0", "attn", torch.cat([x, x[:1]]), step=0)
     assert applied == "plain (batch 3 != 2)"
     torch.testing.assert_close(y[:2], plain, rtol=0, atol=0)
@@ -379,6 +454,9 @@ def test_clear_errors() -> None:
         attention_groups(q, k, torch.tensor([[0, 16], [1, 2]]))  # 16 is past the last key
     with pytest.raises(ValueError, match="tokens, channels"):
         st.quantize("lin", "attn", torch.randn(64), step=0)
+    for tokens in (slice(4, 2), slice(0, 4, 2), slice(None, 4), (0, 4)):
+        with pytest.raises(ValueError, match="tokens must be None or a slice"):
+            st.quantize("lin", "attn", torch.randn(2, 4, 64), step=0, tokens=tokens)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="chunk"):
         SemanticState(FMT, Decomposition(), None, chunk=0)
     with pytest.raises(TypeError, match="SeDA"):

@@ -44,6 +44,7 @@ def test_checkpoint_round_trip_is_float16_exact(model, tmp_path):
     tiny_dit.save(model, path, {"step": 5})
     loaded = tiny_dit.load_bundled(path)
     assert loaded.config == model.config
+    assert tiny_dit.checkpoint_metadata(path) == {"config": model.config, "step": 5}
     for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == name_b
         torch.testing.assert_close(b, a.to(torch.float16).to(torch.float32), rtol=0, atol=0)

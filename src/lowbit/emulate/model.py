@@ -21,7 +21,11 @@ What is emulated (inference only: quantized operands carry no gradient):
   recipe's, using the attention module that shares the longest module-path prefix with
   the linear (ties: the first in module order) or, once that one is known to be
   cross-attention (``is_cross_attention``, or SDPA saw Lq != Lk), another attention
-  module of the same block.
+  module of the same block. In dual-stream blocks the joint attention sees the text
+  and video tokens concatenated while each stream's linears see their own stream: a
+  linear whose token count n differs from the attention's L uses the slice of the joint
+  sequence its stream occupies (see :data:`JOINT_TOKEN_ORDER` and
+  :data:`TEXT_STREAM_LINEARS`).
 
 :func:`remove` restores the model exactly: the same parameter, buffer and processor
 objects, no hooks and no instance attributes left behind.
@@ -38,7 +42,8 @@ import inspect
 import math
 import weakref
 from collections import Counter
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
 
 import attrs
 import torch
@@ -52,7 +57,27 @@ from lowbit.emulate.recipes import FROM_RECIPE, Keep, Recipe, resolve_recipe
 from lowbit.emulate.report import LayerReport, OperandReport, Report
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
 
-__all__ = ["Emulation", "apply", "remove"]
+__all__ = ["JOINT_TOKEN_ORDER", "TEXT_STREAM_LINEARS", "Emulation", "apply", "remove"]
+
+TokenOrder = Literal["text_first", "video_first"]
+
+# Where each stream sits in the joint attention sequence of a dual-stream model, by the
+# class name of the model (or of the closest enclosing module, for a nested one). Read
+# off diffusers 0.42.1, where each processor concatenates the two streams before SDPA:
+JOINT_TOKEN_ORDER: Mapping[str, TokenOrder] = MappingProxyType({
+    # transformer_flux.py, FluxAttnProcessor: query = torch.cat([encoder_query, query], dim=1)
+    "FluxTransformer2DModel": "text_first",
+    # transformer_hunyuan_video.py, HunyuanVideoAttnProcessor2_0: query = torch.cat([query, encoder_query], dim=1)
+    "HunyuanVideoTransformer3DModel": "video_first",
+    # attention_processor.py, MochiAttnProcessor2_0:
+    # valid_query = torch.cat([query[idx : idx + 1], valid_encoder_query], dim=2)
+    "MochiTransformer3DModel": "video_first",
+})  # fmt: skip
+
+# A linear belongs to the text stream of a dual-stream block when a component of its
+# module path is one of these (diffusers' names for the context projections and FFN);
+# every other linear of such a block belongs to the video stream.
+TEXT_STREAM_LINEARS = frozenset({"add_q_proj", "add_k_proj", "add_v_proj", "to_added_qkv", "to_add_out", "ff_context"})
 
 # Every module an Emulation has touched (the root included) -> that Emulation.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, Emulation] = weakref.WeakKeyDictionary()
@@ -93,6 +118,7 @@ class _Site:
     operands: dict[str, _Operand]
     attention: str | None = None  # linears: the attention module a semantic policy used last
     candidates: tuple[str, ...] = ()  # linears: attention modules it may use, best first
+    joint: Literal["first", "last"] | None = None  # linears: its stream's place in a joint sequence
     calls: int = 0
     output: QuantStats = attrs.field(factory=QuantStats)
     applied: Counter[str] = attrs.field(factory=Counter)
@@ -204,6 +230,16 @@ def _common_depth(a: str, b: str) -> int:
     return n
 
 
+def _enclosing(name: str, values: Mapping[str, TokenOrder]) -> TokenOrder | None:
+    """The value of the closest module enclosing module ``name`` (the root "" included) that has one."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        value = values.get(".".join(parts[:i]))
+        if value is not None:
+            return value
+    return None
+
+
 def _attention_candidates(name: str, attentions: list[str]) -> tuple[str, ...]:
     """The attention modules a linear's semantic policy may use, best first: the one sharing
     the longest module-path prefix with ``name`` (the first such in module order), then its
@@ -220,6 +256,15 @@ def _attention_candidates(name: str, attentions: list[str]) -> tuple[str, ...]:
     return (best, *siblings)
 
 
+def _joint_place(name: str, order: TokenOrder | None) -> Literal["first", "last"] | None:
+    """Where the stream of linear ``name`` sits in a joint attention sequence of ``order``
+    (None: no known order): text linears are those of :data:`TEXT_STREAM_LINEARS`."""
+    if order is None:
+        return None
+    text = not TEXT_STREAM_LINEARS.isdisjoint(name.split("."))
+    return "first" if text == (order == "text_first") else "last"
+
+
 def _pick(rule_value: str | None, recipe_value: str | None) -> str | None:
     """A layer rule's format for one operand: its own, or the recipe's for FROM_RECIPE."""
     return recipe_value if rule_value == FROM_RECIPE else rule_value
@@ -230,11 +275,23 @@ class Emulation:
 
     ``step`` is the index of the root forward in progress, or of the last one (0 for the
     first forward after :func:`apply` or :meth:`reset`); ``forwards`` counts root forwards
-    since then. Use it as a context manager to remove on exit.
+    since then. ``token_order`` fixes the joint-attention token order of the whole model
+    (None: :data:`JOINT_TOKEN_ORDER`). Use it as a context manager to remove on exit.
     """
 
-    def __init__(self, model: nn.Module, recipe: Recipe, *, stats: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        *,
+        stats: bool = True,
+        backend: str = "auto",
+        token_order: TokenOrder | None = None,
+    ) -> None:
+        if token_order not in (None, "text_first", "video_first"):
+            raise ValueError(f"token_order must be 'text_first', 'video_first' or None, got {token_order!r}")
         self.model, self.recipe, self.stats, self.backend = model, recipe, stats, backend
+        self.token_order = token_order
         self.step = 0
         self.forwards = 0
         self.sites: dict[str, _Site] = {}
@@ -242,6 +299,7 @@ class Emulation:
         self.semantic: Any = None
         self._weights: dict[str, torch.Tensor] = {}
         self._cross: set[str] = set()  # attention modules known to be cross-attention
+        self._first_tokens: dict[str, int] = {}  # joint attention -> token count of its first stream
         self._restore: list[Callable[[], None]] = []
         self._removed = False
         self._plan()
@@ -250,7 +308,10 @@ class Emulation:
     def _plan(self) -> None:
         """Decide every layer's treatment and quantize the weights; nothing is installed yet."""
         recipe = self.recipe
+        orders: dict[str, TokenOrder] = {}  # module name -> its class's joint token order
         for name, module in self.model.named_modules():
+            if type(module).__name__ in JOINT_TOKEN_ORDER:
+                orders[name] = JOINT_TOKEN_ORDER[type(module).__name__]
             if isinstance(module, nn.Linear):
                 self._plan_linear(name, module)
             elif name and callable(getattr(module, "processor", None)):
@@ -264,6 +325,7 @@ class Emulation:
                 act = site.operands.get("activation")
                 if site.kind == "linear" and act is not None and act.format == recipe.activation:
                     site.candidates = _attention_candidates(site.name, attentions)
+                    site.joint = _joint_place(site.name, self.token_order or _enclosing(site.name, orders))
             # cross-attention carries no state; more is found when SDPA sees Lq != Lk
             self._cross = {a for a in attentions if getattr(self.sites[a].module, "is_cross_attention", False) is True}
         for site in self.sites.values():
@@ -350,11 +412,40 @@ class Emulation:
         if op is None or self.semantic is None or op.format != self.recipe.activation:
             return self._quant(site, "activation", x, -1)
         site.attention = next((a for a in site.candidates if a not in self._cross), None)
-        y, st, applied = self.semantic.quantize(site.name, site.attention, x, step=self.step)
+        tokens, reason = self._joint_tokens(site, x.shape[-2])
+        if reason:
+            site.applied[f"plain ({reason})"] += 1
+            return self._quant(site, "activation", x, -1)
+        y, st, applied = self.semantic.quantize(site.name, site.attention, x, step=self.step, tokens=tokens)
         if self.stats:
             op.stats = op.stats + st
         site.applied[applied] += 1
         return y
+
+    def _joint_tokens(self, site: _Site, n: int) -> tuple[slice | None, str]:
+        """The slice of its attention's joint token sequence that a linear seeing ``n`` tokens
+        covers (None: all of it, or no joint order is known and the semantic state explains
+        any mismatch), or a reason why none fits.
+
+        With L joint tokens, the first stream is ``0:n`` and the last ``L-n:L``. The last
+        stream's slice needs the joint sequence to hold exactly both streams: when the first
+        stream's count m (its linears' last one) is known and m + n != L (e.g. Mochi leaves
+        masked prompt tokens out of the joint sequence), no slice fits.
+        """
+        if site.joint is None or site.attention is None:
+            return None, ""
+        if site.joint == "first":
+            self._first_tokens[site.attention] = n
+        state = self.semantic.attention_state(site.attention)
+        if state is None or state.tokens == n:
+            return None, ""
+        total = state.tokens
+        if site.joint == "first":
+            return slice(0, n), ""
+        first = self._first_tokens.get(site.attention)
+        if first is not None and first + n != total:
+            return None, f"joint tokens {total} != {first} + {n} of the two streams"
+        return slice(total - n, total), ""
 
     def _linear(self, site: _Site, x: torch.Tensor) -> torch.Tensor:
         module = site.module
@@ -399,6 +490,7 @@ class Emulation:
         """Start over: step 0, fresh semantic state, activation and output statistics cleared."""
         self._check_live()
         self.step = self.forwards = 0
+        self._first_tokens.clear()
         if self.semantic is not None:
             self.semantic.reset()
         for site in self.sites.values():
@@ -434,6 +526,7 @@ class Emulation:
         self._weights.clear()
         self.sites.clear()
         self.skipped.clear()
+        self._first_tokens.clear()
         self.semantic = None
         self._removed = True
 
@@ -450,14 +543,23 @@ class Emulation:
 
 
 def apply(
-    model: nn.Module, recipe: Recipe | str, *, stats: bool = True, backend: str = "auto", **overrides: Any
+    model: nn.Module,
+    recipe: Recipe | str,
+    *,
+    stats: bool = True,
+    backend: str = "auto",
+    token_order: TokenOrder | None = None,
+    **overrides: Any,
 ) -> Emulation:
     """Emulate ``recipe`` (a :class:`Recipe` or a registered name) on ``model``.
 
     ``overrides`` replace recipe fields (``apply(model, "mxfp4", qk="mxfp8_e4m3")``).
     ``stats=False`` skips the statistics (for timing). ``backend`` is the emulation
-    backend ("auto": Triton for CUDA tensors, Numba otherwise). Move the model to its
-    device and dtype before applying: weights are quantized here, once.
+    backend ("auto": Triton for CUDA tensors, Numba otherwise). ``token_order``
+    ("text_first" or "video_first") is the order of the two streams in the joint
+    attention of dual-stream blocks, for the semantic policies; None: looked up in
+    :data:`JOINT_TOKEN_ORDER` by class name. Move the model to its device and dtype
+    before applying: weights are quantized here, once.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -466,7 +568,7 @@ def apply(
         raise RuntimeError(
             f"the model is already emulated ({_ACTIVE[taken]!r}); call lowbit.emulate.remove(model) before applying again"
         )
-    emulation = Emulation(model, resolve_recipe(recipe, overrides), stats=stats, backend=backend)
+    emulation = Emulation(model, resolve_recipe(recipe, overrides), stats=stats, backend=backend, token_order=token_order)
     emulation._install()
     return emulation
 

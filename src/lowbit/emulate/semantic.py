@@ -60,6 +60,13 @@ Bits (:class:`QuantStats`)
     positions and groups are recomputed from attention and not stored.
     ``sq_error`` is that of the final output; ``clipped`` and ``dialect_counts``
     are the main quantization's.
+Token slices (joint attention)
+    A linear layer of one stream of a dual-stream block sees only that stream's
+    tokens while the joint attention sees both. :meth:`SemanticState.quantize`
+    then takes ``tokens``, the slice of the attention's token sequence that x's
+    token axis is, and uses the saliency, salient tokens and groups of those
+    tokens only (sub-formatbook ids ``b * groups + g`` of the sliced tokens; the
+    cached masks are per group and serve any slice).
 """
 
 from __future__ import annotations
@@ -272,6 +279,16 @@ def _check_step(step: int) -> None:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
 
 
+def _check_tokens(tokens: slice | None) -> None:
+    """``tokens`` is None or a slice ``start:stop`` with ints 0 <= start < stop and no step."""
+    if tokens is None:
+        return
+    ok = isinstance(tokens, slice) and tokens.step in (None, 1)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in (tokens.start, tokens.stop))
+    if not ok or not 0 <= tokens.start < tokens.stop:
+        raise ValueError(f"tokens must be None or a slice start:stop of ints with 0 <= start < stop, got {tokens!r}")
+
+
 class SemanticState:
     """Attention-guided decomposition and SeDA for the activations of one model.
 
@@ -357,54 +374,67 @@ class SemanticState:
     # -- activations -------------------------------------------------------
 
     def quantize(
-        self, linear_name: str, attn_name: str | None, x: torch.Tensor, *, step: int
+        self, linear_name: str, attn_name: str | None, x: torch.Tensor, *, step: int, tokens: slice | None = None
     ) -> tuple[torch.Tensor, QuantStats, str]:
-        """Fake-quantize the activation ``x`` (..., L, C) of ``linear_name`` in the activation
+        """Fake-quantize the activation ``x`` (..., n, C) of ``linear_name`` in the activation
         format, using ``attn_name``'s state where the policies select this layer and the
-        state fits x. Returns (y, stats, applied): applied is "decomposition+seda",
-        "decomposition", "seda", "plain" (no policy selects this layer) or
-        "plain (<why the state was not used>)"."""
+        state fits x. ``tokens`` is the slice ``start:stop`` of the attention's token
+        sequence that x's token axis is (a joint attention's stream); None: all of them
+        (n must then be the state's token count). Returns (y, stats, applied): applied is
+        "decomposition+seda", "decomposition", "seda", "plain" (no policy selects this
+        layer) or "plain (<why the state was not used>)"."""
         _check_step(step)
         if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
             raise ValueError(f"x must be a floating tensor (..., tokens, channels), got {getattr(x, 'shape', type(x).__name__)}")
+        _check_tokens(tokens)
         use_decomposition = self.decomposition is not None and _selects(self._decomposition_layers, linear_name)
         use_seda = self.seda is not None and _selects(self._seda_layers, linear_name)
-        reason = self._unusable(attn_name, x) if use_decomposition or use_seda else ""
+        reason = self._unusable(attn_name, x, tokens) if use_decomposition or use_seda else ""
         if reason or not (use_decomposition or use_seda):
             y, stats = self._fake_quant(x, self.spec)
             return y, stats, f"plain ({reason})" if reason else "plain"
         state = self._states[attn_name]  # type: ignore[index]
-        subbooks = self._subformatbooks(linear_name, state, x, step) if use_seda else None
+        rows = slice(None) if tokens is None else tokens
+        subbooks = self._subformatbooks(linear_name, state, rows, x, step) if use_seda else None
         y, stats = self._fake_quant(x, self.spec, subbooks)
         if use_decomposition:
-            y, stats = self._add_residual(x, y, stats, state)
+            assert state.salient is not None
+            y, stats = self._add_residual(x, y, stats, state.salient[:, rows])
         applied = "+".join(name for name, on in (("decomposition", use_decomposition), ("seda", use_seda)) if on)
         return y, stats, applied
 
-    def _unusable(self, attn_name: str | None, x: torch.Tensor) -> str:
-        """Why ``attn_name``'s state cannot serve ``x`` ("" when it can)."""
+    def _unusable(self, attn_name: str | None, x: torch.Tensor, tokens: slice | None) -> str:
+        """Why ``attn_name``'s state cannot serve ``x`` as its ``tokens`` ("" when it can)."""
         if attn_name is None:
             return "no attention module"
         state = self._states.get(attn_name)
         if state is None:
             return "no attention state yet"
-        if x.shape[-2] != state.tokens:
-            return f"token count {x.shape[-2]} != {state.tokens}"
+        n = x.shape[-2]
+        if tokens is None and n != state.tokens:
+            return f"token count {n} != {state.tokens}"
+        if tokens is not None and tokens.stop > state.tokens:
+            return f"token slice {tokens.start}:{tokens.stop} outside {state.tokens} tokens"
+        if tokens is not None and tokens.stop - tokens.start != n:
+            return f"token count {n} != slice {tokens.start}:{tokens.stop}"
         batch = math.prod(x.shape[:-2])
         if batch != state.batch:
             return f"batch {batch} != {state.batch}"
         return ""
 
-    def _subformatbooks(self, linear_name: str, state: AttentionState, x: torch.Tensor, step: int) -> SubFormatbooks:
-        """The sub-formatbooks of ``linear_name`` for ``state`` (computed from x on first use)."""
+    def _subformatbooks(
+        self, linear_name: str, state: AttentionState, tokens: slice, x: torch.Tensor, step: int
+    ) -> SubFormatbooks:
+        """The sub-formatbooks of ``linear_name`` for ``state``'s ``tokens`` (the masks are
+        computed from x on first use and cached per group, so they serve any slice)."""
         assert state.groups is not None and self.seda is not None
         n_groups = state.anchors.shape[1]  # type: ignore[union-attr]
-        ids = (torch.arange(state.batch)[:, None] * n_groups + state.groups).numpy()  # (B, L)
+        ids = (torch.arange(state.batch)[:, None] * n_groups + state.groups[:, tokens]).numpy()  # (B, n)
         cached = self._subbooks.get(linear_name)
         if cached is None or cached.state is not state:
             n_dialects = len(self.spec.dialects)
             q = quantize(x, self.spec, axis=-1, backend=self.backend).cpu()
-            chosen = np.asarray(q.dialect_ids, dtype=np.int64)  # (B * L, blocks)
+            chosen = np.asarray(q.dialect_ids, dtype=np.int64)  # (B * n, blocks)
             rows = np.repeat(ids.ravel(), chosen.shape[1])
             counts = np.bincount(rows * n_dialects + chosen.ravel(), minlength=state.batch * n_groups * n_dialects)
             counts = counts.reshape(state.batch * n_groups, n_dialects)
@@ -415,11 +445,13 @@ class SemanticState:
         return SubFormatbooks(masks=cached.masks, ids=ids.reshape(x.shape[:-1] + (1,)))
 
     def _add_residual(
-        self, x: torch.Tensor, y: torch.Tensor, stats: QuantStats, state: AttentionState
+        self, x: torch.Tensor, y: torch.Tensor, stats: QuantStats, salient: torch.Tensor
     ) -> tuple[torch.Tensor, QuantStats]:
-        """Add the re-quantized residual on salient tokens; charge its storage as extra bits."""
-        assert state.salient is not None
-        rows = state.salient.reshape(-1).to(x.device)
+        """Add the re-quantized residual on the ``salient`` (B, n) tokens of x; charge its
+        storage as extra bits (none when the slice of a joint sequence holds no salient token)."""
+        if not bool(salient.any()):
+            return y, stats
+        rows = salient.reshape(-1).to(x.device)
         wide = torch.promote_types(x.dtype, torch.float32)
         x2, y2 = x.detach().reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1])
         base = y2[rows].to(wide)

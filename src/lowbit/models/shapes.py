@@ -32,6 +32,7 @@ __all__ = [
     "SIZE",
     "Caption",
     "render",
+    "all_captions",
     "random_captions",
     "random_videos",
     "detect",
@@ -133,6 +134,13 @@ def _random_start(rng: np.random.Generator, direction: int) -> tuple[float, floa
     lo_x, hi_x = h - min(travel_x, 0), SIZE - h - max(travel_x, 0)
     lo_y, hi_y = h - min(travel_y, 0), SIZE - h - max(travel_y, 0)
     return float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
+
+
+def all_captions() -> list[Caption]:
+    """Every colour x shape x direction (48), colour slowest."""
+    return [
+        Caption(c, s, d) for c in range(len(COLOURS)) for s in range(len(SHAPES)) for d in range(len(DIRECTIONS))
+    ]
 
 
 def random_captions(n: int, rng: np.random.Generator) -> list[Caption]:

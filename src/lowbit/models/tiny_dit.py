@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowbit.models.shapes import FRAMES, SIZE, VOCAB_SIZE, Caption
+from lowbit.models.shapes import FRAMES, SIZE, VOCAB_SIZE, Caption, all_captions, detector_scores
 
-__all__ = ["MODEL_CONFIG", "TEXT_DIM", "CaptionEncoder", "TinyVideoDiT", "build", "load_bundled", "sample", "save"]
+__all__ = ["MODEL_CONFIG", "TEXT_DIM", "CaptionEncoder", "TinyVideoDiT", "build", "load_bundled", "sample", "save", "checkpoint_metadata", "detector_eval"]
 
 TEXT_DIM = 64
 MODEL_CONFIG: dict = {
@@ -91,22 +91,34 @@ def save(model: TinyVideoDiT, path: str | Path, meta: dict | None = None) -> Non
     save_file(state, str(path), metadata=metadata)
 
 
-def load_bundled(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> TinyVideoDiT:
-    """The trained model shipped with lowbit (or the checkpoint at ``path``), in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+def _checkpoint(path: str | Path | None) -> Path:
     if path is None:
-        ref = resources.files("lowbit.models").joinpath("data", BUNDLED)
-        path = Path(str(ref))
+        path = Path(str(resources.files("lowbit.models").joinpath("data", BUNDLED)))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model checkpoint at {path}; run scripts/train_tiny_dit.py to make one")
+    return path
+
+
+def checkpoint_metadata(path: str | Path | None = None) -> dict:
+    """The decoded metadata of a checkpoint (default: the bundled one): config, step,
+    train_minutes, scores (the detector scores at that step)."""
+    from safetensors import safe_open
+
+    path = _checkpoint(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
         raise ValueError(f"{path} has no 'config' metadata: not a lowbit tiny-DiT checkpoint")
-    model = build(json.loads(meta["config"]))
+    return {k: json.loads(v) for k, v in meta.items()}
+
+
+def load_bundled(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> TinyVideoDiT:
+    """The trained model shipped with lowbit (or the checkpoint at ``path``), in eval mode."""
+    from safetensors.torch import load_file
+
+    path = _checkpoint(path)
+    model = build(checkpoint_metadata(path)["config"])
     state = {k: v.to(dtype) for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.to(dtype).eval()
@@ -145,3 +157,12 @@ def sample(
             callback(i, t, v)
         x = x + (ts[i + 1] - t) * v
     return x.clamp(-1.0, 1.0)
+
+
+def detector_eval(model: TinyVideoDiT, seed: int = 1234, steps: int = 20, guidance: float = 3.0) -> dict[str, float]:
+    """Detector scores of ``model``'s samples of all 48 captions (noise from ``seed``): the
+    fraction with the captioned colour, shape and direction. The training script records
+    these in each checkpoint's metadata."""
+    captions = all_captions()
+    noise = torch.randn((len(captions), 3, FRAMES, SIZE, SIZE), generator=torch.Generator().manual_seed(seed))
+    return detector_scores(sample(model, captions, noise, steps=steps, guidance=guidance), captions)
