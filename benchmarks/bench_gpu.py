@@ -10,8 +10,7 @@ and, interleaved with them so both see the same clocks, the median of a
 device-to-device ``copy_`` of the same tensor into an existing one. Achieved
 bandwidth counts the bytes fake_quant must move (the input read once, the output
 written once, both in the input dtype), and its ratio to the copy's bandwidth is
-reported per row. Formatbooks (dialectfp4, block_dialect_*, semantic_dialect) are
-listed as not implemented by the Triton backend yet.
+reported per row. A format the Triton backend does not implement is listed as such.
 
 Targets (issue 4, H100/H200): mxfp4, nvfp4 and the element formats at >= 80% of the
 copy bandwidth; dialectfp4 and semantic_dialect at >= 60%. ``--check`` exits with

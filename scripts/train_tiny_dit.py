@@ -33,9 +33,10 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(".train"))
     p.add_argument("--minutes", type=float, default=60.0, help="stop after this much training time in this run")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layers", type=int, default=MODEL_CONFIG["num_layers"])
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -46,23 +47,23 @@ def main() -> None:
     state_path = args.work / "state.pt"
 
     config = dict(MODEL_CONFIG, num_layers=args.layers)
-    model = build(config).train()
+    model = build(config).to(args.device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step, seconds = 0, 0.0
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=False, map_location=args.device)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         step, seconds = st["step"], st["seconds"]
         rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed at step {step} ({seconds / 60:.1f} min trained)", flush=True)
     elif args.init is not None:
-        start = load_bundled(args.init)
+        start = load_bundled(args.init).to(args.device)
         if start.config != config:
             raise SystemExit(f"{args.init} has configuration {start.config}, not {config}")
         model.load_state_dict(start.state_dict())
@@ -85,9 +86,9 @@ def main() -> None:
     while time.monotonic() < stop_at:
         t0 = time.monotonic()
         captions = random_captions(args.batch, rng)
-        x0 = random_videos(captions, rng)
+        x0 = random_videos(captions, rng).to(args.device)
         dropped = [None if u < 0.1 else c for c, u in zip(captions, rng.random(args.batch))]
-        t = torch.sigmoid(torch.randn(args.batch))  # logit-normal timesteps
+        t = torch.sigmoid(torch.randn(args.batch)).to(args.device)  # logit-normal timesteps
         noise = torch.randn_like(x0)
         tt = t.view(-1, 1, 1, 1, 1)
         v = model((1 - tt) * x0 + tt * noise, t, model.captions(dropped))
@@ -113,7 +114,7 @@ def main() -> None:
             # the scores are those of the shipped (float16) weights
             path, meta = args.work / "tiny_wan.safetensors", {"step": step, "train_minutes": round(seconds / 60, 1)}
             save_checkpoint(ema, path, meta)
-            scores = detector_eval(load_bundled(path))
+            scores = detector_eval(load_bundled(path).to(args.device))
             save_checkpoint(ema, path, {**meta, "scores": scores})
             record = {**meta, "loss": float(np.mean(losses[-500:])), **scores}
             print(json.dumps(record), flush=True)

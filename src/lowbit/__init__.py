@@ -14,9 +14,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lowbit import emulate, formats
+from lowbit.checkpoint import CheckpointInfo, load, save
 from lowbit.emulate import Quantized, dequantize, fake_quant, quantize
 from lowbit.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["Quantized", "dequantize", "emulate", "fake_quant", "formats", "hookimpl", "quantize"]
+__all__ = ["CheckpointInfo", "Quantized", "dequantize", "emulate", "fake_quant", "formats", "hookimpl", "load", "quantize", "save"]

@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 import lowbit
 from lowbit import formats
+from lowbit.checkpoint import layout_fields, read_safetensors, spec_json, tensor_layout
 from lowbit.emulate import BackendUnavailable, Quantized, available_backends, dequantize, quantize
 from lowbit.emulate.api import pack_codes
 from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat, Formatbook
@@ -251,11 +252,6 @@ def read_one_tensor(path: Path, tensor: str | None) -> torch.Tensor:
     return next(iter(tensors.values()))
 
 
-def _spec_json(spec: Any) -> str:
-    """The full spec as canonical JSON, so that two definitions compare as strings."""
-    return json.dumps(attrs.asdict(spec), sort_keys=True)
-
-
 def write_quantized(path: Path, quantized: dict[str, Quantized]) -> None:
     """Store quantized tensors (all of one format) with their metadata in a safetensors file."""
     if path.suffix != ".safetensors":
@@ -272,11 +268,11 @@ def write_quantized(path: Path, quantized: dict[str, Quantized]) -> None:
         if q.tensor_scale is not None:
             # Quantized keeps the float32 tensor scale as a Python float; float32 holds it exactly.
             arrays[f"{name}.tensor_scale"] = np.array(q.tensor_scale, np.float32)
-        entries[name] = {"shape": list(q.shape), "axis": q.axis, "dtype": q.dtype, "n": q.n, "seed": q.seed}
+        entries[name] = tensor_layout(q)
     metadata = {
         "lowbit.version": lowbit.__version__,
         "lowbit.format": spec.name,
-        "lowbit.spec": _spec_json(spec),
+        "lowbit.spec": spec_json(spec),
         "lowbit.tensors": json.dumps(entries),
     }
     save_numpy(arrays, str(path), metadata=metadata)
@@ -284,18 +280,11 @@ def write_quantized(path: Path, quantized: dict[str, Quantized]) -> None:
 
 def read_quantized(path: Path) -> dict[str, Quantized]:
     """The quantized tensors of a file written by :func:`write_quantized`."""
-    if not path.exists():
-        raise CliError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            metadata = f.metadata() or {}
-            arrays = {key: f.get_tensor(key) for key in f.keys()}
-    except SafetensorError as exc:
-        raise CliError(f"{path}: not a readable safetensors file ({exc})") from None
+    metadata, arrays = read_safetensors(path, "np")
     if "lowbit.format" not in metadata:
         raise CliError(f"{path}: not a file written by `lowbit quantize` (no lowbit metadata)")
     spec = formats.get(metadata["lowbit.format"])
-    if _spec_json(spec) != metadata["lowbit.spec"]:
+    if spec_json(spec) != metadata["lowbit.spec"]:
         raise CliError(
             f"{path}: format {spec.name!r} is registered here with a different definition than the file "
             "was written with, so its codes cannot be decoded faithfully"
@@ -305,14 +294,9 @@ def read_quantized(path: Path) -> dict[str, Quantized]:
         ts = arrays.get(f"{name}.tensor_scale")
         result[name] = Quantized(
             spec=spec,
-            shape=tuple(entry["shape"]),
-            axis=entry["axis"],
-            dtype=entry["dtype"],
-            container="torch",
-            n=entry["n"],
+            **layout_fields(entry),
             codes=arrays[f"{name}.codes"],
             tensor_scale=None if ts is None else float(ts),
-            seed=entry["seed"],
             **{field: arrays.get(f"{name}.{field}") for field in OPTIONAL_ARRAYS},
         )
     return result

@@ -52,7 +52,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lowbit.emulate import semantic
-from lowbit.emulate.api import fake_quant
+from lowbit.emulate.api import Quantized, fake_quant
 from lowbit.emulate.recipes import FROM_RECIPE, Keep, Recipe, resolve_recipe
 from lowbit.emulate.report import LayerReport, OperandReport, Report
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
@@ -298,6 +298,8 @@ class Emulation:
         self.skipped: dict[str, tuple[str, str, str]] = {}  # name -> (kind, rule, reason)
         self.semantic: Any = None
         self._weights: dict[str, torch.Tensor] = {}
+        # linear name -> its weight's Quantized (the storage lowbit.save writes)
+        self.quantized_weights: dict[str, Quantized] = {}
         self._cross: set[str] = set()  # attention modules known to be cross-attention
         self._first_tokens: dict[str, int] = {}  # joint attention -> token count of its first stream
         self._restore: list[Callable[[], None]] = []
@@ -331,8 +333,9 @@ class Emulation:
         for site in self.sites.values():
             if "weight" in site.operands:
                 w = site.module.weight.detach()
-                y, st, _ = fake_quant_with_stats(w, site.operands["weight"].format, axis=-1, backend=self.backend)
+                y, st, q = fake_quant_with_stats(w, site.operands["weight"].format, axis=-1, backend=self.backend)
                 self._weights[site.name] = y
+                self.quantized_weights[site.name] = q
                 site.operands["weight"].stats = st
 
     def _plan_linear(self, name: str, module: nn.Linear) -> None:
@@ -365,6 +368,14 @@ class Emulation:
         if pv is not None:
             operands |= {"p": _Operand(pv), "v": _Operand(pv)}
         self.sites[name] = _Site(name=name, kind="attention", module=module, rule=matched, operands=operands)
+
+    def use_quantized_weight(self, name: str, quantized: Quantized, weight: torch.Tensor, stats: QuantStats) -> None:
+        """Compute linear ``name`` with a stored quantized weight (:func:`lowbit.load`) instead
+        of the one quantized at apply: ``weight`` is ``dequantize(quantized)`` on the module's
+        device and dtype, ``stats`` its weight statistics."""
+        self._weights[name] = weight
+        self.quantized_weights[name] = quantized
+        self.sites[name].operands["weight"].stats = stats
 
     def _install(self) -> None:
         handle = self.model.register_forward_pre_hook(self._on_root_forward)
@@ -524,6 +535,7 @@ class Emulation:
             del _ACTIVE[module]
         self._restore.clear()
         self._weights.clear()
+        self.quantized_weights.clear()
         self.sites.clear()
         self.skipped.clear()
         self._first_tokens.clear()

@@ -183,6 +183,71 @@ class Recipe:
         return self
 
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole recipe as JSON-able data (:meth:`from_dict` reads it back to an equal value)."""
+        layers = self.layers
+        return {
+            **{f.name: getattr(self, f.name) for f in attrs.fields(Recipe)},
+            "decomposition": None if self.decomposition is None else attrs.asdict(self.decomposition),
+            "assignment": None if self.assignment is None else attrs.asdict(self.assignment),
+            "layers": {
+                "exact": [[name, _rule_dict(rule)] for name, rule in layers.exact],
+                "patterns": [[pattern, _rule_dict(rule)] for pattern, rule in layers.patterns],
+                "default": _rule_dict(layers.default),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        """The recipe :meth:`to_dict` wrote; ValueError naming the first unknown, missing or bad field."""
+        fields = _checked_fields(cls, data, "recipe")
+        layers = _checked_fields(LayerPolicy, fields["layers"], "recipe layers")
+        try:
+            pairs = {key: [(str(k), _rule_from(r)) for k, r in layers[key]] for key in ("exact", "patterns")}
+        except (TypeError, ValueError) as exc:  # not [name, rule] pairs
+            raise ValueError(f"recipe layers: {exc}") from None
+        policy = _build(LayerPolicy, {**pairs, "default": _rule_from(layers["default"])}, "recipe layers")
+        policies = {
+            key: None if fields[key] is None else _build(kind, _checked_fields(kind, fields[key], key), key)
+            for key, kind in (("decomposition", Decomposition), ("assignment", SeDA))
+        }
+        return _build(cls, {**fields, **policies, "layers": policy}, "recipe")
+
+
+def _rule_dict(rule: Rule) -> dict[str, Any]:
+    """A layer-policy rule as JSON-able data: ``{"keep": {...}}`` or ``{"quantize": {...}}``."""
+    return {"keep" if isinstance(rule, Keep) else "quantize": attrs.asdict(rule)}
+
+
+def _rule_from(data: Any) -> Rule:
+    """The rule :func:`_rule_dict` wrote."""
+    kinds: dict[str, type[Keep] | type[Quantize]] = {"keep": Keep, "quantize": Quantize}
+    if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in kinds:
+        raise ValueError(f"a layer-policy rule must be {{'keep': {{...}}}} or {{'quantize': {{...}}}}, got {data!r}")
+    ((key, fields),) = data.items()
+    return _build(kinds[key], _checked_fields(kinds[key], fields, f"{key} rule"), f"{key} rule")
+
+
+def _checked_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """``data`` when it is a dict holding exactly the fields of attrs class ``cls``."""
+    names = [f.name for f in attrs.fields(cls)]
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a dict of {', '.join(names)}, got {type(data).__name__}")
+    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if unknown or missing:
+        problem = f"unknown field(s) {', '.join(map(repr, unknown))}" if unknown else f"missing field(s) {', '.join(map(repr, missing))}"
+        raise ValueError(f"{what}: {problem}; it has {', '.join(names)}")
+    return data
+
+
+def _build(cls: type, fields: dict[str, Any], what: str) -> Any:
+    """``cls(**fields)``, its validators' TypeError or ValueError as a ValueError naming ``what``."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
 def recipes() -> dict[str, Recipe]:
     """Every registered recipe by name, in registration order."""
     return dict(registry().recipes.items)

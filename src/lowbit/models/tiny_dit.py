@@ -36,7 +36,7 @@ MODEL_CONFIG: dict = {
     "text_dim": TEXT_DIM,
     "freq_dim": 64,
     "ffn_dim": 512,
-    "num_layers": 6,
+    "num_layers": 4,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
     "rope_max_seq_len": 64,
@@ -86,7 +86,7 @@ def save(model: TinyVideoDiT, path: str | Path, meta: dict | None = None) -> Non
     (JSON-encoded values) in the metadata."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in (meta or {}).items()}}
     save_file(state, str(path), metadata=metadata)
 
@@ -145,7 +145,7 @@ def sample(
     n = len(captions)
     text = model.captions(list(captions) + [None] * n if guidance != 1.0 else list(captions))
     x = noise.clone()
-    ts = torch.linspace(1.0, 0.0, steps + 1)
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
     for i in range(steps):
         t = ts[i]
         if guidance != 1.0:
@@ -165,4 +165,5 @@ def detector_eval(model: TinyVideoDiT, seed: int = 1234, steps: int = 20, guidan
     these in each checkpoint's metadata."""
     captions = all_captions()
     noise = torch.randn((len(captions), 3, FRAMES, SIZE, SIZE), generator=torch.Generator().manual_seed(seed))
-    return detector_scores(sample(model, captions, noise, steps=steps, guidance=guidance), captions)
+    noise = noise.to(next(model.parameters()).device)
+    return detector_scores(sample(model, captions, noise, steps=steps, guidance=guidance).cpu(), captions)
