@@ -58,3 +58,12 @@ def test_unknown_recipe_is_a_clear_error(checkpoint, tmp_path, capsys):
     status = main(["demo", "--model", str(checkpoint), "--out", str(tmp_path), "--recipes", "nope", "--steps", "1"])
     assert status == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_table_rows_fill_exactly_the_columns():
+    row = {"variant": "v", "psnr_db": 20.0, "ssim": 0.5, "temporal_psnr_db": 21.0, "flicker": 0.1, "flow_error": 0.2,
+           "agreement": {"colour": 1.0, "shape": 0.5, "direction": 0.25}, "velocity_error": 0.3,
+           "weight_bits": 4.25, "activation_bits": 4.25, "seconds": 1.0}  # fmt: skip
+    table = demo.rows_table([dict(row, variant="full precision"), row], "t")
+    assert len(table.columns) == 10 and table.row_count == 2
+    assert [c._cells[-2] for c in table.columns[-2:]] == ["4.25/4.25", "1.0"]

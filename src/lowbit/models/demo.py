@@ -150,7 +150,7 @@ def rows_table(rows: Sequence[dict], title: str) -> Table:
     for i, r in enumerate(rows):
         a = r["agreement"]
         quality = (
-            ["reference"] + ["-"] * 2 + [f"{r['flicker']:.4f}"] + ["-"] * 4
+            ["reference", "-", "-", f"{r['flicker']:.4f}", "-", "-", "-"]
             if i == 0
             else [
                 f"{r['psnr_db']:.2f}",
