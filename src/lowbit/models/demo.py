@@ -111,7 +111,7 @@ def run_variants(
 
 
 def _bits(report: Any, kind: str) -> float:
-    return float(report.to_dict()["summary"][f"{kind}_bits_per_element"])
+    return float(report.summary[f"{kind}_bits_per_element"])
 
 
 def metrics_rows(variants: Sequence[Variant]) -> list[dict]:
