@@ -13,10 +13,17 @@ classifier-free guidance) under ``semantic_dialect`` with statistics off, over t
 same run in full precision, median of ``--repeats`` runs taken alternately (same
 machine load).
 
+The recipes that need calibration (``six_bit``, ``static_w8a8``) are calibrated as
+``lowbit demo`` does it: one sampling run of its calibration captions from other noise.
+``six_bit`` also runs with the delta cache off (``six_bit_cache_off``, same policy
+otherwise), and the wall time of 8 captions is measured with the cache on and off
+(statistics off, median of ``--repeats``, alternately).
+
 Targets (issue 6): PSNR against full precision ``semantic_dialect`` >=
 ``block_dialect`` >= ``nvfp4`` >= ``mxfp4``, with ``semantic_dialect`` at least 2 dB
-above ``mxfp4``; ``semantic_dialect`` overhead at most 3x. ``--check`` exits with
-status 1 when a target is missed. Numbers go to docs/performance.md.
+above ``mxfp4``; ``semantic_dialect`` overhead at most 3x. Issue 7: ``six_bit`` within
+1 dB of ``six_bit_cache_off``; ``static_w8a8`` within 1 dB of ``w8a8_dynamic``.
+``--check`` exits with status 1 when a target is missed. Numbers go to docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,17 +36,20 @@ import time
 from pathlib import Path
 
 import lowbit  # noqa: F401  (before torch: sets OMP_WAIT_POLICY, see lowbit/__init__.py)
+import attrs
 import torch
 from rich.console import Console
 
 from bench_formats import machine
-from lowbit.emulate import apply
-from lowbit.models.demo import demo_noise, metrics_rows, rows_table, run_variants
+from lowbit.emulate import apply, calibrate, get_recipe
+from lowbit.emulate.sixbit import SixBit
+from lowbit.models.demo import CALIBRATION_CAPTIONS, CALIBRATION_SEED, demo_noise, metrics_rows, rows_table, run_variants
 from lowbit.models.shapes import all_captions
 from lowbit.models.tiny_dit import load_bundled, sample
 
+SIX_BIT_CACHE_OFF = attrs.evolve(get_recipe("six_bit"), name="six_bit_cache_off", six_bit=SixBit(cache=False))
 RECIPES = ("fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semantic_dialect_no_seda",
-           "semantic_dialect_no_decomp")  # fmt: skip
+           "semantic_dialect_no_decomp", "six_bit", SIX_BIT_CACHE_OFF, "static_w8a8", "w8a8_dynamic")  # fmt: skip
 ORDER = ("semantic_dialect", "block_dialect", "nvfp4", "mxfp4")  # PSNR must not increase along this
 MARGIN_DB = 2.0
 OVERHEAD_TARGET = 3.0
@@ -64,6 +74,27 @@ def overhead(model, captions, noise, steps: int, repeats: int) -> dict[str, floa
     return {"full_s": f, "semantic_dialect_s": s, "ratio": s / f}
 
 
+def cache_timing(model, captions, noise, steps: int, repeats: int) -> dict[str, float]:
+    """Sampling wall time under six_bit with the delta cache on, then off: each calibrated
+    once, then ``repeats`` timed runs (statistics off); medians."""
+    cal_noise = demo_noise(len(CALIBRATION_CAPTIONS), seed=CALIBRATION_SEED)
+    median: dict[str, float] = {}
+    for key, recipe in (("on", get_recipe("six_bit")), ("off", SIX_BIT_CACHE_OFF)):
+        run = lambda m: sample(model, CALIBRATION_CAPTIONS, cal_noise, steps=steps)  # noqa: E731
+        with calibrate(model.transformer, recipe, run, steps=steps, stats=False, progress=False) as emulation:
+            times = []
+            for _ in range(repeats):
+                emulation.reset()
+                t0 = time.perf_counter()
+                sample(model, captions, noise, steps=steps)
+                times.append(time.perf_counter() - t0)
+            median[key] = statistics.median(times)
+            if key == "on":
+                skip_rate = emulation.report().six_bit["skip_rate"]
+    return {"cache_on_s": median["on"], "cache_off_s": median["off"], "saving": 1 - median["on"] / median["off"],
+            "skip_rate": skip_rate}  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", type=int, default=48)
@@ -82,20 +113,27 @@ def main() -> int:
     rows = metrics_rows(variants)
     psnr = {r["variant"]: r["psnr_db"] for r in rows}
     timing = overhead(model, captions[:8], noise[:8], args.steps, args.repeats)
+    cache = cache_timing(model, captions[:8], noise[:8], args.steps, args.repeats)
 
     checks = {
         "PSNR order " + " >= ".join(ORDER): all(psnr[a] >= psnr[b] for a, b in zip(ORDER, ORDER[1:])),
         f"semantic_dialect >= mxfp4 + {MARGIN_DB} dB": psnr["semantic_dialect"] >= psnr["mxfp4"] + MARGIN_DB,
         f"semantic_dialect overhead <= {OVERHEAD_TARGET}x": timing["ratio"] <= OVERHEAD_TARGET,
+        "six_bit within 1 dB of six_bit_cache_off": psnr["six_bit"] >= psnr["six_bit_cache_off"] - 1.0,
+        "static_w8a8 within 1 dB of w8a8_dynamic": psnr["static_w8a8"] >= psnr["w8a8_dynamic"] - 1.0,
     }
     if args.json:
-        print(json.dumps({"machine": machine(), "rows": rows, "overhead": timing, "checks": checks}, indent=1))
+        print(json.dumps({"machine": machine(), "rows": rows, "overhead": timing, "six_bit_cache": cache, "checks": checks}, indent=1))
     else:
         console.print(machine())
         console.print(rows_table(rows, f"{len(captions)} captions, {args.steps} steps: metrics against full precision"))
         console.print(
             f"overhead (8 captions, {args.steps} steps, median of {args.repeats}): full precision "
             f"{timing['full_s']:.2f} s, semantic_dialect {timing['semantic_dialect_s']:.2f} s, ratio {timing['ratio']:.2f}x"
+        )
+        console.print(
+            f"six_bit delta cache (8 captions, median of {args.repeats}): on {cache['cache_on_s']:.2f} s, off "
+            f"{cache['cache_off_s']:.2f} s, wall-time saving {100 * cache['saving']:.1f}%, skip rate {100 * cache['skip_rate']:.1f}%"
         )
         for name, ok in checks.items():
             console.print(f"{'met   ' if ok else 'MISSED'} {name}")

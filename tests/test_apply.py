@@ -24,7 +24,9 @@ import lowbit.emulate.model as model_module
 from lowbit.cli import main
 from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, Report, apply, get_recipe, recipes, remove
 from lowbit.emulate import semantic
+from lowbit.emulate.scaled import Scaling
 from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.sixbit import SixBit
 from lowbit.emulate.stats import fake_quant_with_stats
 
 HEADS, DIM, TOKENS = 2, 64, 12
@@ -645,8 +647,8 @@ def test_report_of_non_formatbook_recipe_writes_only_the_sqnr_plot(tmp_path: Pat
 
 def test_builtin_recipes_are_registered_as_a_plugin() -> None:
     table = recipes()
-    assert list(table) == ["fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect",
-                           "semantic_dialect_no_seda", "semantic_dialect_no_decomp"]  # fmt: skip
+    assert list(table) == ["fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semantic_dialect_no_seda",
+                           "semantic_dialect_no_decomp", "six_bit", "static_w8a8", "w8a8_dynamic"]  # fmt: skip
     formats = {name: (r.weight, r.activation, r.qk, r.pv) for name, r in table.items()}
     assert formats["fp8"] == ("fp8_e4m3", "fp8_e4m3", None, None)
     assert formats["block_dialect"] == ("dialectfp4_mse", "dialectfp4", None, None)
@@ -656,6 +658,10 @@ def test_builtin_recipes_are_registered_as_a_plugin() -> None:
     assert policies["semantic_dialect_no_seda"] == (Decomposition(), None)
     assert policies["semantic_dialect_no_decomp"] == (None, SeDA())
     assert all(policies[n] == (None, None) for n in ("fp8", "mxfp4", "nvfp4", "block_dialect"))
+    assert formats["six_bit"][:2] == ("nvfp4", "nvfp4") and table["six_bit"].six_bit == SixBit()
+    assert table["static_w8a8"].scaling == Scaling(activation="static", smoothquant=0.5)
+    assert table["w8a8_dynamic"].scaling == Scaling(activation="token")
+    assert [n for n, r in table.items() if r.needs_calibration] == ["six_bit", "static_w8a8"]
     assert lowbit.registry.registry().recipes.origin["nvfp4"] == "lowbit.plugins.builtin_recipes"
     assert get_recipe("mxfp4") is table["mxfp4"]
     hash(table["semantic_dialect"])  # a recipe is a frozen, hashable value

@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 import diffusers
 import pytest
 import torch
@@ -23,8 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import lowbit
-from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, apply, get_recipe, recipes, remove
+from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, apply, calibrate, get_recipe, recipes, remove
 from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.sixbit import SixBit
 from test_diffusers_models import _flux_open_sora, _wan, run
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
@@ -331,3 +333,51 @@ def diffusers_wan(**changes: Any) -> nn.Module:
     """The tiny Wan of test_diffusers_models with some configuration changed."""
     model, _ = build("wan", seed=1)
     return diffusers.WanTransformer3DModel.from_config({**model.config, **changes}).eval()
+
+
+@pytest.mark.parametrize("recipe", ["static_w8a8", "six_bit", "w8a8_dynamic"])
+def test_round_trip_of_int8_and_calibrated_recipes(tmp_path: Path, recipe: str) -> None:
+    model, kwargs = build("wan", seed=0)
+    path = tmp_path / "model.safetensors"
+    chosen = get_recipe(recipe)
+    if recipe == "six_bit":  # the rotated weights too
+        chosen = attrs.evolve(chosen, six_bit=SixBit(hadamard=32))
+    if chosen.needs_calibration:
+        emulation = calibrate(model, chosen, lambda m: [run(m, kwargs) for _ in range(3)], steps=3, progress=False)
+    else:
+        emulation = apply(model, chosen)
+    with emulation:
+        expected = [run(model, kwargs) for _ in range(3)]  # three denoising steps
+        info = lowbit.save(emulation, path)
+        shapes = [emulation.sites[n].module.weight.shape for n in emulation.quantized_weights]
+        calibration = emulation.calibration
+
+    fresh, _ = build("wan", seed=1)
+    with lowbit.load(path, fresh) as loaded:
+        for want in expected:
+            torch.testing.assert_close(run(fresh, kwargs), want, rtol=0, atol=0)
+        assert loaded.recipe == chosen
+        assert loaded.calibration.keys() == calibration.keys()
+        if recipe == "six_bit":
+            assert loaded.calibration["six_bit"] == calibration["six_bit"]
+        else:  # INT8 codes, one byte each, and a float32 scale per output channel (by hand)
+            assert info.quantized_bytes == sum(out * inp + 4 * out for out, inp in shapes)
+
+
+def test_an_uncalibrated_emulation_is_not_saved(tmp_path: Path) -> None:
+    model, _ = build("wan", seed=0)
+    with apply(model, "static_w8a8") as emulation, pytest.raises(ValueError, match="needs calibration"):
+        lowbit.save(emulation, tmp_path / "model.safetensors")
+
+
+def test_calibration_state_must_fit_the_recipe(tmp_path: Path) -> None:
+    model, kwargs = build("wan", seed=0)
+    path = tmp_path / "model.safetensors"
+    with calibrate(model, "static_w8a8", lambda m: [run(m, kwargs) for _ in range(2)], steps=2, progress=False) as emulation:
+        lowbit.save(emulation, path)
+    fresh, _ = build("wan", seed=1)
+    before = tensors(fresh)
+    rewrite(path, lambda d, a: d.update(calibration={}))
+    with pytest.raises(ValueError, match="holds no calibration state, but recipe 'static_w8a8' needs it"):
+        lowbit.load(path, fresh)
+    assert_unchanged(fresh, before)

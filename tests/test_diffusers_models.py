@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowbit
-from lowbit.emulate import Report, apply, recipes
+from lowbit.emulate import Report, apply, calibrate, get_recipe, recipes
 from lowbit.emulate.semantic import Decomposition
 from test_apply import assert_restored, snapshot
 
@@ -147,7 +147,12 @@ def built(request: pytest.FixtureRequest) -> Built:
 
 @pytest.mark.parametrize("recipe", list(recipes()))
 def test_builtin_recipe(built: Built, recipe: str) -> None:
-    with apply(built.model, recipe) as emulation:
+    if get_recipe(recipe).needs_calibration:
+        # three denoising steps on the test inputs, then one forward with the calibration
+        emulation = calibrate(built.model, recipe, lambda m: [run(m, built.kwargs) for _ in range(3)], steps=3, progress=False)
+    else:
+        emulation = apply(built.model, recipe)
+    with emulation:
         y = run(built.model, built.kwargs)
         report = emulation.report()
     assert y.shape == built.reference.shape and torch.isfinite(y).all()
@@ -168,6 +173,11 @@ def test_builtin_recipe(built: Built, recipe: str) -> None:
             # both streams' linears fit their joint attention's state; only the projections
             # that run before the first attention find none yet
             assert applied <= {SEMANTIC_PARTS[recipe], "plain (no attention state yet)"}, applied
+    if recipe == "six_bit":
+        # every transformer block ran, in INT8 (its gamma is unknown at the first step)
+        assert report.six_bit is not None
+        blocks = report.six_bit["steps"][0]["blocks"]
+        assert blocks and set(blocks.values()) == {"int8"}, blocks
     built.check_restored()
 
 

@@ -6,8 +6,11 @@ element codes, bit-packed scale codes and dialect ids, plus the float32 tensor s
 the packed NaN mask when it has them), every other parameter and buffer of the model as
 it is, and JSON metadata: the checkpoint version, the lowbit version, the recipe (whole:
 layer policy, decomposition, SeDA) with the ``apply`` keywords, each weight's format and
-layout, the full definition of every format used, and the calibration state (empty for
-now). The file's size is the real storage cost (:class:`CheckpointInfo`).
+layout, the full definition of every format used, and the calibration state of
+:func:`lowbit.emulate.calibrate` (the step count and six_bit's fitted model in the JSON,
+SmoothQuant factors and static activation scales as float32 arrays). Weights of a
+``scaling`` recipe are INT8 codes of the smoothed weight over its per-row float32 scale
+(field ``row_scale``). The file's size is the real storage cost (:class:`CheckpointInfo`).
 
 :func:`load` checks the whole file against the model before it touches anything, then
 copies the stored tensors into the model, applies the stored recipe and makes the
@@ -40,6 +43,7 @@ from lowbit import formats
 from lowbit.emulate.api import Quantized, code_format, dequantize, unpack_bits
 from lowbit.emulate.model import _ACTIVE, Emulation, apply
 from lowbit.emulate.recipes import Recipe
+from lowbit.emulate.scaled import rotate
 from lowbit.emulate.stats import QuantStats
 from lowbit.formats.spec import BLOCK_SPECS, ExpScaleFormat, Formatbook, decode_exact
 
@@ -54,6 +58,9 @@ METADATA_KEY = "lowbit.checkpoint"
 # A quantized weight's arrays are stored as "<parameter name>:<field>" (":" is in no
 # module name diffusers or torch make); the other tensors under their own names.
 _SEP = ":"
+# Calibration arrays are stored as "calibration:<kind>:<linear>".
+_CALIBRATION = f"calibration{_SEP}"
+_CALIBRATION_ARRAYS = ("smoothing", "scales")
 
 
 # ---------------------------------------------------------------------------
@@ -164,6 +171,8 @@ def save(target: Emulation | nn.Module, path: str | Path) -> CheckpointInfo:
     """Write the emulation ``target`` (an :class:`Emulation`, or the model one was applied
     to) to the safetensors file ``path``; see the module docstring for what it holds."""
     emulation = _emulation_of(target)
+    if emulation.recipe.needs_calibration and not emulation.calibration:
+        raise ValueError(f"recipe {emulation.recipe.name!r} needs calibration: calibrate the emulation before saving it")
     path = Path(path)
     tensors = _model_tensors(emulation.model)
     arrays: dict[str, torch.Tensor] = {}
@@ -176,6 +185,8 @@ def save(target: Emulation | nn.Module, path: str | Path) -> CheckpointInfo:
             fields["tensor_scale"] = np.array(q.tensor_scale, np.float32)  # float32 holds it exactly
         if q.nan_mask is not None:
             fields["nan_mask"] = np.ascontiguousarray(q.cpu().nan_mask)
+        if linear in emulation.weight_scales:
+            fields["row_scale"] = emulation.weight_scales[linear].detach().to("cpu", torch.float32).numpy()
         for field, value in fields.items():
             arrays[f"{name}{_SEP}{field}"] = torch.from_numpy(np.ascontiguousarray(value))
         stats = emulation.sites[linear].operands["weight"].stats
@@ -193,6 +204,12 @@ def save(target: Emulation | nn.Module, path: str | Path) -> CheckpointInfo:
         if _SEP in name:
             raise ValueError(f"the model's tensor name {name!r} holds {_SEP!r}, which names quantized fields in a checkpoint")
         arrays[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    calibration = {k: v for k, v in emulation.calibration.items() if k not in _CALIBRATION_ARRAYS}
+    for kind in _CALIBRATION_ARRAYS:
+        if kind in emulation.calibration:
+            calibration[kind] = sorted(emulation.calibration[kind])
+            for linear, value in emulation.calibration[kind].items():
+                arrays[f"{_CALIBRATION}{kind}{_SEP}{linear}"] = value.detach().to("cpu", torch.float32).contiguous()
     document = {
         "version": CHECKPOINT_VERSION,
         "lowbit": lowbit.__version__,
@@ -200,7 +217,7 @@ def save(target: Emulation | nn.Module, path: str | Path) -> CheckpointInfo:
         "apply": {"stats": emulation.stats, "token_order": emulation.token_order},
         "weights": weights,
         "formats": definitions,
-        "calibration": {},
+        "calibration": calibration,
     }
     save_file(arrays, str(path), metadata={METADATA_KEY: json.dumps(document)})
     quantized = emulation.quantized_weights.values()
@@ -209,7 +226,7 @@ def save(target: Emulation | nn.Module, path: str | Path) -> CheckpointInfo:
         bytes=path.stat().st_size,
         quantized_weights=len(weights),
         quantized_elements=sum(math.prod(q.shape) for q in quantized),
-        quantized_bytes=sum(q.nbytes() for q in quantized),
+        quantized_bytes=sum(q.nbytes() for q in quantized) + sum(4 * s.numel() for s in emulation.weight_scales.values()),
         other_bytes=sum(t.numel() * t.element_size() for n, t in tensors.items() if n not in weights),
         elements=sum(t.numel() for t in tensors.values()),
     )
@@ -250,7 +267,7 @@ def _rebuild(path: Path, name: str, entry: dict[str, Any], spec: Any, arrays: di
     block = isinstance(spec, BLOCK_SPECS)
     expected = {"codes"} | ({"scale_codes"} if block else set()) | ({"dialect_ids"} if isinstance(spec, Formatbook) else set())
     expected |= {"tensor_scale"} if getattr(spec, "tensor_scale", None) is not None else set()
-    if not expected <= set(entry["fields"]) <= expected | {"nan_mask"}:
+    if not expected <= set(entry["fields"]) <= expected | {"nan_mask", "row_scale"}:
         raise ValueError(f"{path}: {name}: stored fields {entry['fields']} do not fit format {spec.name!r} (expected {sorted(expected)})")
     codes = arrays[f"{name}{_SEP}codes"].numpy()
     columns = -(-n // 2) if element.bits <= 4 else n
@@ -269,6 +286,8 @@ def _rebuild(path: Path, name: str, entry: dict[str, Any], spec: Any, arrays: di
         parts["nan_mask"] = arrays[f"{name}{_SEP}nan_mask"].numpy()
         if parts["nan_mask"].shape != (rows, -(-n // 8)):
             raise ValueError(f"{path}: {name}{_SEP}nan_mask: expected ({rows}, {-(-n // 8)}) bytes, got {parts['nan_mask'].shape}")
+    if "row_scale" in entry["fields"] and tuple(arrays[f"{name}{_SEP}row_scale"].shape) != (rows, 1):
+        raise ValueError(f"{path}: {name}{_SEP}row_scale: expected ({rows}, 1) scales, got {tuple(arrays[f'{name}{_SEP}row_scale'].shape)}")
     return Quantized(spec=spec, **layout_fields(entry), codes=codes, **parts)
 
 
@@ -313,7 +332,7 @@ def _checked_names(path: Path, document: dict[str, Any], arrays: dict[str, torch
     if absent:
         raise ValueError(f"{path}: quantized field(s) {_listed(absent)} missing from the file")
     stored = {name: (list(e["shape"]), e["dtype"]) for name, e in weights.items()}
-    stored |= {k: (list(t.shape), _dtype(t)) for k, t in arrays.items() if k not in fields}
+    stored |= {k: (list(t.shape), _dtype(t)) for k, t in arrays.items() if k not in fields and not k.startswith(_CALIBRATION)}
     if set(tensors) - set(stored):
         raise ValueError(f"{path}: the model does not match: the file lacks {_listed(sorted(set(tensors) - set(stored)))}")
     if set(stored) - set(tensors):
@@ -330,6 +349,37 @@ def _listed(names: list[str]) -> str:
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+def _checked_calibration(
+    path: Path, stored: Any, arrays: dict[str, torch.Tensor], recipe: Recipe, model: nn.Module
+) -> dict[str, Any]:
+    """The calibration state :func:`save` wrote, its arrays checked against the model."""
+    if not isinstance(stored, dict) or not set(stored) <= {"steps", "six_bit", *_CALIBRATION_ARRAYS}:
+        raise ValueError(f"{path}: malformed calibration state {stored!r}")
+    if bool(stored) != recipe.needs_calibration:
+        state = "holds calibration state, and" if stored else "holds no calibration state, but"
+        raise ValueError(f"{path}: {state} recipe {recipe.name!r} {'needs' if not stored else 'takes'} {'it' if not stored else 'none'}")
+    out: dict[str, Any] = {k: v for k, v in stored.items() if k not in _CALIBRATION_ARRAYS}
+    modules = dict(model.named_modules())
+    groups = None if recipe.scaling is None else recipe.scaling.step_groups or stored.get("steps")
+    keys = set()
+    for kind in (k for k in _CALIBRATION_ARRAYS if k in stored):
+        out[kind] = {}
+        for linear in stored[kind]:
+            key = f"{_CALIBRATION}{kind}{_SEP}{linear}"
+            module = modules.get(linear)
+            if key not in arrays or not isinstance(module, nn.Linear):
+                raise ValueError(f"{path}: calibration array {key} is missing or names no linear of the model")
+            shape = (module.in_features,) if kind == "smoothing" else (groups,)
+            if tuple(arrays[key].shape) != shape:
+                raise ValueError(f"{path}: {key}: expected shape {list(shape)}, got {list(arrays[key].shape)}")
+            out[kind][linear] = arrays[key]
+            keys.add(key)
+    extra = sorted(k for k in arrays if k.startswith(_CALIBRATION) and k not in keys)
+    if extra:
+        raise ValueError(f"{path}: calibration array(s) {_listed(extra)} are not listed in the calibration state")
+    return out
 
 
 def _weight_stats(entry: dict[str, Any]) -> QuantStats:
@@ -356,8 +406,6 @@ def load(path: str | Path, model: nn.Module, *, backend: str = "auto") -> Emulat
     metadata, arrays = read_safetensors(path, "pt")
     document = _document(path, metadata)
     recipe = Recipe.from_dict(document["recipe"]).check()
-    if document["calibration"] != {}:
-        raise ValueError(f"{path}: holds calibration state, which this lowbit {lowbit.__version__} cannot use")
     taken = next((m for m in model.modules() if m in _ACTIVE), None)
     if taken is not None:
         raise ValueError(f"the model is already emulated ({_ACTIVE[taken]!r}); remove it before loading a checkpoint")
@@ -367,13 +415,13 @@ def load(path: str | Path, model: nn.Module, *, backend: str = "auto") -> Emulat
             raise ValueError(f"{path}: bad apply keywords {options!r} (expected stats and token_order)")
         specs = _checked_formats(path, document)
         _checked_names(path, document, arrays, model)
+        calibration = _checked_calibration(path, document["calibration"], arrays, recipe, model)
         quantized = {name: _rebuild(path, name, e, specs[e["format"]], arrays) for name, e in document["weights"].items()}
         stats = {name: _weight_stats(e) for name, e in document["weights"].items()}
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: malformed checkpoint document ({type(exc).__name__}: {exc})") from None
-    values = {name: dequantize(q) for name, q in quantized.items()}
     emulation = apply(model, recipe, stats=bool(options["stats"]), backend=backend, token_order=options["token_order"])
-    linears = {_param_name(linear): linear for linear in emulation.quantized_weights}
+    linears = {_param_name(linear): linear for linear, site in emulation.sites.items() if "weight" in site.operands}
     if set(linears) != set(quantized):
         emulation.remove()
         raise ValueError(
@@ -381,9 +429,31 @@ def load(path: str | Path, model: nn.Module, *, backend: str = "auto") -> Emulat
             f"{len(quantized)}; these differ: {_listed(sorted(set(linears) ^ set(quantized)))}"
         )
     tensors = _model_tensors(model)
+    device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    emulation.calibration = {
+        k: {linear: t.to(device) for linear, t in v.items()} if k in _CALIBRATION_ARRAYS else v for k, v in calibration.items()
+    }
+    if emulation.six_bit is not None:
+        emulation.six_bit.set_fitted(calibration["six_bit"])
+    hadamard = None if recipe.six_bit is None else recipe.six_bit.hadamard
+    smoothing = emulation.calibration.get("smoothing", {})
     with torch.no_grad():
         for name, tensor in tensors.items():
-            tensor.copy_(values[name] if name in values else arrays[name])
-    for name, q in quantized.items():
-        emulation.use_quantized_weight(linears[name], q, tensors[name].detach().clone(), stats[name])
+            if name not in quantized:
+                tensor.copy_(arrays[name])
+                continue
+            linear = linears[name]
+            row_scale = arrays.get(f"{name}{_SEP}row_scale")
+            value = dequantize(quantized[name])
+            # what the linear computes with, exactly as quantized at save (scaled INT8: codes times row scale)
+            weight = (value if row_scale is None else value * row_scale).to(tensor.device, tensor.dtype)
+            # the module's own weight: that value without the smoothing or rotation applied before quantization
+            if linear in smoothing:
+                tensor.copy_(weight.float() / smoothing[linear])
+            elif hadamard and emulation.sites[linear].scheme == "six_bit":
+                tensor.copy_(rotate(weight, hadamard))  # the orthonormal Sylvester transform is its own inverse
+            else:
+                tensor.copy_(weight)
+            scale = None if row_scale is None else row_scale.to(tensor.device)
+            emulation.use_quantized_weight(linear, quantized[name], weight, stats[name], row_scale=scale)
     return emulation

@@ -330,14 +330,18 @@ def cmd_formats(args: argparse.Namespace, console: Console) -> None:
         console.print(formats_table(infos, "Registered formats"))
 
 
+# A recipe's optional policies, as ``lowbit recipes`` lists them.
+_POLICIES = ("decomposition", "assignment", "scaling", "six_bit")
+
+
 def recipe_info(name: str) -> dict[str, Any]:
     """One row of ``lowbit recipes``: the recipe's formats, policies and plugin."""
     recipe = registry().recipes.get(name)
     return {
         "name": name,
         **{f: getattr(recipe, f) for f in ("weight", "activation", "qk", "pv")},
-        "decomposition": None if recipe.decomposition is None else attrs.asdict(recipe.decomposition),
-        "assignment": None if recipe.assignment is None else attrs.asdict(recipe.assignment),
+        **{f: None if getattr(recipe, f) is None else attrs.asdict(getattr(recipe, f)) for f in _POLICIES},
+        "needs_calibration": recipe.needs_calibration,
         "description": recipe.description,
         "plugin": registry().recipes.origin[name],
     }
@@ -350,15 +354,14 @@ def cmd_recipes(args: argparse.Namespace, console: Console) -> None:
         print(json.dumps(infos, indent=2))
         return
     table = Table(title="Registered recipes (lowbit.emulate.apply(model, name))", title_justify="left")
-    for column in ("name", "weight", "activation", "qk", "pv", "decomposition", "SeDA", "description", "plugin"):
+    for column in ("name", "weight", "activation", "qk", "pv", "policies", "description", "plugin"):
         table.add_column(column, overflow="fold")
     for info in infos:
-        policies = [
-            "-" if p is None else ", ".join(f"{k}={v}" for k, v in p.items())
-            for p in (info["decomposition"], info["assignment"])
-        ]
+        policies = "; ".join(
+            f"{key}: " + ", ".join(f"{k}={v}" for k, v in info[key].items()) for key in _POLICIES if info[key] is not None
+        )
         formats_ = [info[f] or "-" for f in ("weight", "activation", "qk", "pv")]
-        table.add_row(info["name"], *formats_, *policies, info["description"], info["plugin"])
+        table.add_row(info["name"], *formats_, policies or "-", info["description"], info["plugin"])
     console.print(table)
 
 

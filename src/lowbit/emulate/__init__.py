@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lowbit.emulate.api import Quantized, SubFormatbooks, dequantize, fake_quant, pack_bits, quantize, unpack_bits
 from lowbit.emulate.backends import Backend, BackendUnavailable, Parts, available_backends
-from lowbit.emulate.model import Emulation, apply, remove
+from lowbit.emulate.model import Emulation, apply, calibrate, remove
 from lowbit.emulate.recipes import Keep, LayerPolicy, Quantize, Recipe, get_recipe, recipes
 from lowbit.emulate.report import LayerReport, OperandReport, Report
 from lowbit.emulate.reference import random_bits
@@ -26,6 +26,7 @@ __all__ = [
     "SubFormatbooks",
     "apply",
     "available_backends",
+    "calibrate",
     "dequantize",
     "fake_quant",
     "fake_quant_op",

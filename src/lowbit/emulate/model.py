@@ -55,9 +55,12 @@ from lowbit.emulate import semantic
 from lowbit.emulate.api import Quantized, fake_quant
 from lowbit.emulate.recipes import FROM_RECIPE, Keep, Recipe, resolve_recipe
 from lowbit.emulate.report import LayerReport, OperandReport, Report
+from lowbit.emulate.scaled import INT8, SCALE_BITS, absmax_scale, rotate, scaled_fake_quant, smoothing_factors
+from lowbit.emulate.sixbit import FULL_PRECISION_BITS, SixBitState, timed
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
+from lowbit.formats import resolve
 
-__all__ = ["JOINT_TOKEN_ORDER", "TEXT_STREAM_LINEARS", "Emulation", "apply", "remove"]
+__all__ = ["JOINT_TOKEN_ORDER", "TEXT_STREAM_LINEARS", "Emulation", "apply", "calibrate", "remove"]
 
 TokenOrder = Literal["text_first", "video_first"]
 
@@ -119,6 +122,7 @@ class _Site:
     attention: str | None = None  # linears: the attention module a semantic policy used last
     candidates: tuple[str, ...] = ()  # linears: attention modules it may use, best first
     joint: Literal["first", "last"] | None = None  # linears: its stream's place in a joint sequence
+    scheme: Literal["plain", "scaled", "six_bit"] = "plain"  # linears: which recipe scheme computes it
     calls: int = 0
     output: QuantStats = attrs.field(factory=QuantStats)
     applied: Counter[str] = attrs.field(factory=Counter)
@@ -265,6 +269,19 @@ def _joint_place(name: str, order: TokenOrder | None) -> Literal["first", "last"
     return "first" if text == (order == "text_first") else "last"
 
 
+def _transformer_blocks(model: nn.Module) -> list[str]:
+    """Names of the transformer blocks of ``model``: elements of an ``nn.ModuleList`` that
+    hold an attention module (one with a ``processor``), outermost only."""
+    blocks: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or any(name.startswith(b + ".") for b in blocks):
+            continue
+        for i, child in enumerate(module):
+            if any(callable(getattr(m, "processor", None)) for m in child.modules()):
+                blocks.append(f"{name}.{i}" if name else str(i))
+    return blocks
+
+
 def _pick(rule_value: str | None, recipe_value: str | None) -> str | None:
     """A layer rule's format for one operand: its own, or the recipe's for FROM_RECIPE."""
     return recipe_value if rule_value == FROM_RECIPE else rule_value
@@ -302,6 +319,21 @@ class Emulation:
         self.quantized_weights: dict[str, Quantized] = {}
         self._cross: set[str] = set()  # attention modules known to be cross-attention
         self._first_tokens: dict[str, int] = {}  # joint attention -> token count of its first stream
+        # recipe.six_bit: the policy's state, each linear's transformer block, the INT8 copies
+        # of the NVFP4 weights, and the blocks that return several tensors
+        self.six_bit: SixBitState | None = None
+        self._block_of: dict[str, str] = {}
+        self._int8_weights: dict[str, torch.Tensor] = {}
+        self._multi_output: set[str] = set()
+        # recipe.scaling: each INT8 weight's per-row scale
+        self.weight_scales: dict[str, torch.Tensor] = {}
+        # what calibrate() stored: "steps" (forwards per run), "smoothing" (linear -> per-input-
+        # channel SmoothQuant factors), "scales" (linear -> static activation scale per step
+        # group), "six_bit" (the fitted sensitivity model); empty before calibration
+        self.calibration: dict[str, Any] = {}
+        self.calibrating = False
+        self._amax: dict[str, list[torch.Tensor]] = {}  # while calibrating: linear -> per-step channel amax
+        self._on_forward: Callable[[], None] | None = None
         self._restore: list[Callable[[], None]] = []
         self._removed = False
         self._plan()
@@ -330,13 +362,47 @@ class Emulation:
                     site.joint = _joint_place(site.name, self.token_order or _enclosing(site.name, orders))
             # cross-attention carries no state; more is found when SDPA sees Lq != Lk
             self._cross = {a for a in attentions if getattr(self.sites[a].module, "is_cross_attention", False) is True}
+        if recipe.six_bit is not None:
+            blocks = _transformer_blocks(self.model)
+            self.six_bit = SixBitState(recipe.six_bit, blocks)
+            for site in self.sites.values():
+                block = max((b for b in blocks if site.name.startswith(b + ".")), key=len, default=None)
+                if block is not None:
+                    self._block_of[site.name] = block
+        self._quantize_weights()
+
+    def _quantize_weights(self) -> None:
+        """Quantize every quantized linear's weight (again after calibration: SmoothQuant
+        scales the weights). Scaled weights waiting for their smoothing factors are left."""
+        recipe = self.recipe
+        smoothing = self.calibration.get("smoothing", {})
         for site in self.sites.values():
-            if "weight" in site.operands:
-                w = site.module.weight.detach()
-                y, st, q = fake_quant_with_stats(w, site.operands["weight"].format, axis=-1, backend=self.backend)
-                self._weights[site.name] = y
-                self.quantized_weights[site.name] = q
-                site.operands["weight"].stats = st
+            op = site.operands.get("weight")
+            if op is None:
+                continue
+            w = site.module.weight.detach()
+            if site.scheme == "scaled":
+                assert recipe.scaling is not None
+                if recipe.scaling.smoothquant is not None and site.name not in smoothing:
+                    continue
+                if site.name in smoothing:
+                    w = (w.float() * smoothing[site.name]).to(w.dtype)
+                scale = absmax_scale(w)
+                self._weights[site.name], op.stats, self.quantized_weights[site.name] = scaled_fake_quant(
+                    w, scale, backend=self.backend
+                )
+                self.weight_scales[site.name] = scale
+                continue
+            if site.scheme == "six_bit" and recipe.six_bit.hadamard:  # type: ignore[union-attr]
+                w = rotate(w, recipe.six_bit.hadamard)  # type: ignore[union-attr]
+            y, st, q = fake_quant_with_stats(w, op.format, axis=-1, backend=self.backend)
+            self._weights[site.name] = y
+            self.quantized_weights[site.name] = q
+            op.stats = st
+            if site.scheme == "six_bit":
+                self._int8_weights[site.name], site.operands["weight_int8"].stats, _ = scaled_fake_quant(
+                    y, absmax_scale(y), backend=self.backend
+                )
 
     def _plan_linear(self, name: str, module: nn.Linear) -> None:
         rule, matched = self.recipe.layers.rule_for(name)
@@ -351,7 +417,13 @@ class Emulation:
             self.skipped[name] = ("linear", matched, "no weight or activation format")
             return
         operands = {k: _Operand(f) for k, f in formats.items() if f is not None}
-        self.sites[name] = _Site(name=name, kind="linear", module=module, rule=matched, operands=operands)
+        scheme: Literal["plain", "scaled", "six_bit"] = "plain"
+        if self.recipe.scaling is not None and formats["weight"] == formats["activation"] == INT8:
+            scheme = "scaled"
+        elif self.recipe.six_bit is not None and formats["activation"] == self.recipe.activation and formats["weight"]:
+            scheme = "six_bit"
+            operands |= {"weight_int8": _Operand(INT8), "activation_int8": _Operand(INT8)}
+        self.sites[name] = _Site(name=name, kind="linear", module=module, rule=matched, operands=operands, scheme=scheme)
 
     def _plan_attention(self, name: str, module: nn.Module) -> None:
         rule, matched = self.recipe.layers.rule_for(name)
@@ -369,13 +441,23 @@ class Emulation:
             operands |= {"p": _Operand(pv), "v": _Operand(pv)}
         self.sites[name] = _Site(name=name, kind="attention", module=module, rule=matched, operands=operands)
 
-    def use_quantized_weight(self, name: str, quantized: Quantized, weight: torch.Tensor, stats: QuantStats) -> None:
+    def use_quantized_weight(
+        self, name: str, quantized: Quantized, weight: torch.Tensor, stats: QuantStats, row_scale: torch.Tensor | None = None
+    ) -> None:
         """Compute linear ``name`` with a stored quantized weight (:func:`lowbit.load`) instead
-        of the one quantized at apply: ``weight`` is ``dequantize(quantized)`` on the module's
-        device and dtype, ``stats`` its weight statistics."""
+        of the one quantized at apply: ``weight`` is what it stands for (``dequantize(quantized)``,
+        times ``row_scale`` for scaled INT8) on the module's device and dtype, ``stats`` its
+        weight statistics."""
+        if row_scale is not None:
+            self.weight_scales[name] = row_scale
         self._weights[name] = weight
         self.quantized_weights[name] = quantized
-        self.sites[name].operands["weight"].stats = stats
+        site = self.sites[name]
+        site.operands["weight"].stats = stats
+        if site.scheme == "six_bit":
+            self._int8_weights[name], site.operands["weight_int8"].stats, _ = scaled_fake_quant(
+                weight, absmax_scale(weight), backend=self.backend
+            )
 
     def _install(self) -> None:
         handle = self.model.register_forward_pre_hook(self._on_root_forward)
@@ -392,6 +474,15 @@ class Emulation:
                 d[key] = _processor_class(type(original))(original, self, site)
             self._restore.append(functools.partial(self._put_back, d, key, had, old))
             touched.append(site.module)
+        if self.six_bit is not None:
+            modules = dict(self.model.named_modules())
+            for block in self.six_bit.blocks:
+                module = modules[block]
+                d = module.__dict__
+                had, old = "forward" in d, d.get("forward")
+                d["forward"] = functools.partial(self._block, block, module.forward)
+                self._restore.append(functools.partial(self._put_back, d, "forward", had, old))
+                touched.append(module)
         for module in touched:
             _ACTIVE[module] = self
 
@@ -404,8 +495,17 @@ class Emulation:
 
     # -- running -------------------------------------------------------------------
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
+        if self.recipe.needs_calibration and not self.calibration and not self.calibrating:
+            raise RuntimeError(
+                f"recipe {self.recipe.name!r} needs calibration before its first forward: "
+                "use lowbit.emulate.calibrate(model, recipe, run_fn, steps=...)"
+            )
         self.step = self.forwards
         self.forwards += 1
+        if self._on_forward is not None:
+            self._on_forward()
+        if self.six_bit is not None and not self.calibrating:
+            self.six_bit.begin_step(self.step)
 
     def _quant(self, site: _Site, key: str, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Fake-quantize operand ``key`` of ``site`` (statistics only while they are on)."""
@@ -460,17 +560,193 @@ class Emulation:
 
     def _linear(self, site: _Site, x: torch.Tensor) -> torch.Tensor:
         module = site.module
+        if self.calibrating and site.scheme == "scaled":
+            self._record_amax(site.name, x)
+            return F.linear(x, module.weight, module.bias)
         weight = self._weights.get(site.name, module.weight)
         if weight.device != module.weight.device or weight.dtype != module.weight.dtype:
             raise RuntimeError(
                 f"{site.name}: the model was moved to {module.weight.device}/{module.weight.dtype} after apply; "
                 "its weights were quantized on the old device/dtype: remove() and apply() again"
             )
-        y = F.linear(self._activation(site, x), weight, module.bias)
+        if site.scheme == "scaled":
+            xq = self._scaled_activation(site, x)
+        elif site.scheme == "six_bit":
+            xq, weight = self._six_bit_operands(site, x)
+        else:
+            xq = self._activation(site, x)
+        y = F.linear(xq, weight, module.bias)
         site.calls += 1
         if self.stats:
             site.output = site.output + error_stats(F.linear(x, module.weight, module.bias), y)
         return y
+
+    # -- recipe.scaling --------------------------------------------------------------
+    def _record_amax(self, name: str, x: torch.Tensor) -> None:
+        """Calibration: the per-input-channel maximum magnitude of a linear's input at this step."""
+        amax = x.detach().abs().float().reshape(-1, x.shape[-1]).amax(dim=0)
+        seen = self._amax.setdefault(name, [])
+        if len(seen) <= self.step:
+            seen.extend(torch.zeros_like(amax) for _ in range(self.step + 1 - len(seen)))
+        seen[self.step] = torch.maximum(seen[self.step], amax)
+
+    def _scaled_activation(self, site: _Site, x: torch.Tensor) -> torch.Tensor:
+        scaling = self.recipe.scaling
+        assert scaling is not None
+        smooth = self.calibration.get("smoothing", {}).get(site.name)
+        if smooth is not None:
+            x = (x.float() / smooth).to(x.dtype)
+        if scaling.activation == "token":
+            y, st, _ = scaled_fake_quant(x, absmax_scale(x), backend=self.backend)
+        else:
+            y, st, _ = scaled_fake_quant(x, self._static_scale(site.name), backend=self.backend, rows=False)
+        if self.stats:
+            op = site.operands["activation"]
+            op.stats = op.stats + st
+        return y
+
+    def _static_scale(self, name: str) -> torch.Tensor:
+        """The calibrated activation scale of linear ``name`` for the step in progress."""
+        scales, steps = self.calibration["scales"][name], self.calibration["steps"]
+        if self.step >= steps:
+            raise RuntimeError(
+                f"{name}: static activation scales were calibrated for {steps} denoising steps, and this is "
+                f"forward {self.step} since the last reset(); call reset() between runs"
+            )
+        return scales[self.step * len(scales) // steps]
+
+    # -- recipe.six_bit --------------------------------------------------------------
+    def _six_bit_operands(self, site: _Site, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(quantized input, weight) of a six_bit linear at this step: by its block's precision."""
+        six, policy = self.six_bit, self.recipe.six_bit
+        assert six is not None and policy is not None
+        block = self._block_of.get(site.name)
+        precision = six.current.get(block, "int8") if block is not None else "int8"
+        if self.calibrating and precision != "nvfp4":  # the full-precision pass of calibration
+            return x, site.module.weight
+        xr = rotate(x, policy.hadamard) if policy.hadamard else x
+        n, step = x.numel(), self.step
+        if self.calibrating:
+            pass
+        elif precision == "int8" and block is not None and six.state[block].refresh and six.outlier(x):
+            six.full_precision[step][site.name] += 1
+            six.count_activation(step, n, FULL_PRECISION_BITS * n)
+            return xr, self._weights[site.name]
+        elif precision == "int8":
+            six.count_activation(step, n, 8.0 * n + SCALE_BITS * (n // x.shape[-1]))
+        else:
+            six.count_activation(step, n, resolve(site.operands["activation"].format).bits * n)
+        if precision == "int8":
+            y, st, _ = scaled_fake_quant(xr, absmax_scale(xr), backend=self.backend)
+            if self.stats:
+                op = site.operands["activation_int8"]
+                op.stats = op.stats + st
+            return y, self._int8_weights[site.name]
+        return self._quant(site, "activation", xr, -1), self._weights[site.name]
+
+    def _block_output(self, name: str, out: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """The output of block ``name`` that continues its input ``x``: the output itself, or
+        for a block returning several tensors (then never skipped) the first of x's shape."""
+        if isinstance(out, torch.Tensor) and out.shape == x.shape:
+            return out
+        self._multi_output.add(name)
+        items = out if isinstance(out, (tuple, list)) else ()
+        return next((t for t in items if isinstance(t, torch.Tensor) and t.shape == x.shape), None)
+
+    def _block(self, name: str, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        six = self.six_bit
+        assert six is not None
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if self.calibrating:
+            six.current[name] = "full"
+            out = forward(*args, **kwargs)
+            six.current[name] = "nvfp4"
+            out_q = forward(*args, **kwargs)
+            del six.current[name]
+            y, y_q = self._block_output(name, out, x), self._block_output(name, out_q, x)
+            if y is not None and y_q is not None:
+                six.record_sensitivity(name, x, y, y_q)
+            return out
+        step = self.step
+        decision = six.decide(name, skippable=name not in self._multi_output)
+        if decision == "skip":
+            return x + six.skipped(name, step).to(x.dtype)
+        six.current[name] = decision
+        try:
+            out, seconds = timed(lambda: forward(*args, **kwargs), x)
+        finally:
+            six.current.pop(name, None)
+        six.computed(name, step, decision, x, self._block_output(name, out, x), seconds)
+        return out
+
+    # -- calibration -----------------------------------------------------------------
+    def calibrate(self, run_fn: Callable[[nn.Module], Any], *, steps: int, progress: bool = True) -> dict[str, Any]:
+        """Run ``run_fn(model)`` once in full precision, collecting what the recipe calibrates,
+        and store it in :attr:`calibration` (replacing any earlier calibration).
+
+        ``run_fn`` must make exactly ``steps`` root forwards (denoising steps, each batch
+        of prompts being one forward): static activation scales are kept per step.
+        ``scaling``: the per-input-channel activation maxima give the SmoothQuant factors
+        (weights are then quantized again) and the per-step static scales (per step group:
+        the largest); ``six_bit``: every block also runs with NVFP4 activations, and the
+        sensitivity model is fitted. Returns :attr:`calibration`. Statistics are cleared.
+        """
+        self._check_live()
+        if not self.recipe.needs_calibration:
+            raise ValueError(f"recipe {self.recipe.name!r} has nothing to calibrate")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        from rich.progress import Progress
+
+        self.reset()
+        self._amax.clear()
+        if self.six_bit is not None:
+            self.six_bit.start_calibration()
+        self.calibrating = True
+        try:
+            with Progress(transient=True, disable=not progress) as bar:
+                task = bar.add_task(f"calibrating {self.recipe.name}", total=steps)
+                self._on_forward = lambda: bar.advance(task)
+                with torch.no_grad():
+                    run_fn(self.model)
+            if self.forwards != steps:
+                raise ValueError(f"run_fn made {self.forwards} forwards of the model; steps={steps} were expected")
+            self.calibration = self._fit_calibration(steps)
+        finally:
+            self.calibrating, self._on_forward = False, None
+            self._amax.clear()
+            if self.six_bit is not None:
+                self.six_bit.calibration = None
+        self._quantize_weights()
+        self.reset()
+        return self.calibration
+
+    def _fit_calibration(self, steps: int) -> dict[str, Any]:
+        calibration: dict[str, Any] = {"steps": steps}
+        scaling = self.recipe.scaling
+        if scaling is not None:
+            smoothing, scales = {}, {}
+            groups = scaling.step_groups or steps
+            group_of = torch.tensor([t * groups // steps for t in range(steps)])
+            for name, site in self.sites.items():
+                if site.scheme != "scaled":
+                    continue
+                seen = self._amax.get(name, [])
+                if len(seen) != steps:
+                    raise ValueError(f"{name} ran at {len(seen)} of the {steps} calibration steps")
+                amax = torch.stack(seen)  # (steps, in_features)
+                if scaling.smoothquant is not None:
+                    smoothing[name] = smoothing_factors(amax.amax(dim=0), site.module.weight, scaling.smoothquant)
+                    amax = amax / smoothing[name]
+                top = torch.zeros(groups).scatter_reduce(0, group_of, amax.amax(dim=1).cpu(), "amax")
+                scales[name] = absmax_scale(top.unsqueeze(1)).squeeze(1).to(amax.device)
+            if scaling.smoothquant is not None:
+                calibration["smoothing"] = smoothing
+            if scaling.activation == "static":
+                calibration["scales"] = scales
+        if self.six_bit is not None:
+            calibration["six_bit"] = self.six_bit.fit()
+        return calibration
 
     def _attention(self, site: _Site, sdpa: Callable[..., Any], a: dict[str, Any]) -> torch.Tensor:
         q, k, v = a["query"], a["key"], a["value"]
@@ -504,6 +780,8 @@ class Emulation:
         self._first_tokens.clear()
         if self.semantic is not None:
             self.semantic.reset()
+        if self.six_bit is not None:
+            self.six_bit.reset()
         for site in self.sites.values():
             site.clear()
 
@@ -523,6 +801,7 @@ class Emulation:
             stats=self.stats,
             forwards=self.forwards,
             semantic_state=None if self.semantic is None else self.semantic.describe(),
+            six_bit=None if self.six_bit is None or not self.six_bit.calibrated else self.six_bit.summary(),
             layers=layers,
         )
 
@@ -539,7 +818,10 @@ class Emulation:
         self.sites.clear()
         self.skipped.clear()
         self._first_tokens.clear()
-        self.semantic = None
+        self._int8_weights.clear()
+        self.weight_scales.clear()
+        self.calibration = {}
+        self.semantic = self.six_bit = None
         self._removed = True
 
     def __enter__(self) -> Emulation:
@@ -582,6 +864,32 @@ def apply(
         )
     emulation = Emulation(model, resolve_recipe(recipe, overrides), stats=stats, backend=backend, token_order=token_order)
     emulation._install()
+    return emulation
+
+
+def calibrate(
+    model: nn.Module,
+    recipe: Recipe | str,
+    run_fn: Callable[[nn.Module], Any],
+    *,
+    steps: int,
+    progress: bool = True,
+    stats: bool = True,
+    backend: str = "auto",
+    token_order: TokenOrder | None = None,
+    **overrides: Any,
+) -> Emulation:
+    """:func:`apply` ``recipe`` to ``model`` and calibrate it (:meth:`Emulation.calibrate`):
+    ``run_fn(model)`` runs the model through ``steps`` forwards (e.g. a sampling loop
+    over calibration prompts) once, in full precision; a progress bar follows it. Returns
+    the calibrated Emulation; on an error the model is left as it was.
+    """
+    emulation = apply(model, recipe, stats=stats, backend=backend, token_order=token_order, **overrides)
+    try:
+        emulation.calibrate(run_fn, steps=steps, progress=progress)
+    except BaseException:
+        emulation.remove()
+        raise
     return emulation
 
 

@@ -21,7 +21,9 @@ from typing import Any, Mapping, Union
 
 import attrs
 
+from lowbit.emulate.scaled import INT8, Scaling
 from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.sixbit import SixBit
 from lowbit.registry import UnknownNameError, registry
 
 __all__ = [
@@ -137,6 +139,10 @@ class Recipe:
     along the input features) and inputs (every forward, blocks along the last axis).
     ``qk``/``pv``: attention-operand formats (None: off). ``decomposition`` and
     ``assignment``: the SemanticDialect activation policies (see docs/semantic.md).
+    ``scaling``: INT8 weights and activations scaled over whole axes, with static
+    scales and SmoothQuant when asked (:mod:`lowbit.emulate.scaled`; weight and
+    activation must then be ``int8``). ``six_bit``: per-block INT8 or ``activation``
+    activations and the temporal delta cache (:mod:`lowbit.emulate.sixbit`).
     """
 
     name: str
@@ -150,6 +156,12 @@ class Recipe:
     assignment: SeDA | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(SeDA))
     )
+    scaling: Scaling | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Scaling))
+    )
+    six_bit: SixBit | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(SixBit))
+    )
     layers: LayerPolicy = attrs.field(factory=LayerPolicy, validator=attrs.validators.instance_of(LayerPolicy))
     description: str = ""
 
@@ -157,6 +169,11 @@ class Recipe:
     def semantic(self) -> bool:
         """Whether an activation policy (decomposition or SeDA) is on."""
         return self.decomposition is not None or self.assignment is not None
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :func:`lowbit.emulate.calibrate` must run before the first forward."""
+        return self.six_bit is not None or (self.scaling is not None and self.scaling.needs_calibration)
 
     def format_names(self) -> set[str]:
         """Every format name the recipe and its layer policy refer to."""
@@ -180,6 +197,17 @@ class Recipe:
             )
         if self.semantic and self.activation is None:
             raise ValueError(f"recipe {self.name!r} has a decomposition or SeDA policy but no activation format")
+        schemes = [k for k, on in (("semantic policies", self.semantic), ("scaling", self.scaling is not None),
+                                   ("six_bit", self.six_bit is not None)) if on]  # fmt: skip
+        if len(schemes) > 1:
+            raise ValueError(f"recipe {self.name!r} combines {' and '.join(schemes)}; a recipe takes one of them")
+        if self.scaling is not None and (self.weight, self.activation) != (INT8, INT8):
+            raise ValueError(
+                f"recipe {self.name!r}: scaling needs weight and activation {INT8!r}, "
+                f"got {self.weight!r} and {self.activation!r}"
+            )
+        if self.six_bit is not None and (self.weight is None or self.activation is None):
+            raise ValueError(f"recipe {self.name!r}: six_bit needs a weight and an activation format")
         return self
 
 
@@ -190,6 +218,8 @@ class Recipe:
             **{f.name: getattr(self, f.name) for f in attrs.fields(Recipe)},
             "decomposition": None if self.decomposition is None else attrs.asdict(self.decomposition),
             "assignment": None if self.assignment is None else attrs.asdict(self.assignment),
+            "scaling": None if self.scaling is None else attrs.asdict(self.scaling),
+            "six_bit": None if self.six_bit is None else attrs.asdict(self.six_bit),
             "layers": {
                 "exact": [[name, _rule_dict(rule)] for name, rule in layers.exact],
                 "patterns": [[pattern, _rule_dict(rule)] for pattern, rule in layers.patterns],
@@ -209,7 +239,7 @@ class Recipe:
         policy = _build(LayerPolicy, {**pairs, "default": _rule_from(layers["default"])}, "recipe layers")
         policies = {
             key: None if fields[key] is None else _build(kind, _checked_fields(kind, fields[key], key), key)
-            for key, kind in (("decomposition", Decomposition), ("assignment", SeDA))
+            for key, kind in (("decomposition", Decomposition), ("assignment", SeDA), ("scaling", Scaling), ("six_bit", SixBit))
         }
         return _build(cls, {**fields, **policies, "layers": policy}, "recipe")
 

@@ -123,6 +123,7 @@ class Report:
     forwards: int
     layers: list[LayerReport] = attrs.field(hash=False)
     semantic_state: dict[str, Any] | None = attrs.field(default=None, hash=False)
+    six_bit: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     @property
     def quantized(self) -> list[LayerReport]:
@@ -149,6 +150,9 @@ class Report:
                 sum(op.bits_per_element * op.elements for op in seen) / elements if elements else float("nan")
             )
             out[f"{key}_clip_rate"] = sum(op.clip_rate * op.elements for op in seen) / elements if elements else float("nan")
+        if self.six_bit is not None and self.six_bit["activation_bits"] is not None:
+            # every path counted, full-precision activations included (statistics on or off)
+            out["activation_bits_per_element"] = self.six_bit["activation_bits"]
         for layer in self.quantized:
             for applied, n in layer.semantic.items():
                 out["semantic"][applied] = out["semantic"].get(applied, 0) + n
@@ -161,6 +165,7 @@ class Report:
             "stats": self.stats,
             "forwards": self.forwards,
             "semantic_state": self.semantic_state,
+            "six_bit": self.six_bit,
             "summary": {k: _num(v) if isinstance(v, float) else v for k, v in self.summary.items()},
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -176,6 +181,7 @@ class Report:
             stats=d["stats"],
             forwards=d["forwards"],
             semantic_state=d["semantic_state"],
+            six_bit=d.get("six_bit"),
             layers=[LayerReport.from_dict(layer) for layer in d["layers"]],
         )
 
@@ -225,8 +231,9 @@ class Report:
 
     # -- plots ---------------------------------------------------------------------
     def plot(self, directory: str | Path) -> list[Path]:
-        """Write ``sqnr.png`` (output SQNR per quantized layer) and, when any operand used a
-        Formatbook, ``dialects.png`` (share of blocks per dialect, per layer and operand).
+        """Write ``sqnr.png`` (output SQNR per quantized layer), when any operand used a
+        Formatbook ``dialects.png`` (share of blocks per dialect, per layer and operand),
+        and under six_bit ``six_bit.png`` (each block's precision or skip per step).
         Returns the paths written."""
         # Figure objects draw on the Agg canvas without pyplot, so the caller's
         # matplotlib backend is left alone.
@@ -269,4 +276,28 @@ class Report:
             fig.tight_layout()
             written.append(out / "dialects.png")
             fig.savefig(written[-1], dpi=120)
+        if self.six_bit is not None and self.six_bit["steps"]:
+            written.append(self._plot_six_bit(out / "six_bit.png"))
         return written
+
+    def _plot_six_bit(self, path: Path) -> Path:
+        """What each transformer block did at each step under six_bit (a step x block grid)."""
+        import numpy as np
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+
+        steps = self.six_bit["steps"]  # type: ignore[index]
+        blocks = list(dict.fromkeys(b for step in steps for b in step["blocks"]))
+        kinds = ("skip", "nvfp4", "int8", "not run")
+        grid = np.array([[kinds.index(step["blocks"].get(b, "not run")) for b in blocks] for step in steps]).T
+        fig = Figure(figsize=(2 + 0.3 * len(steps), 1.2 + 0.25 * len(blocks)))
+        ax = fig.subplots()
+        cmap = ListedColormap(["#dddddd", "tab:blue", "tab:orange", "white"])
+        ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
+        ax.set_yticks(np.arange(len(blocks)), blocks, fontsize=6)
+        ax.set_xlabel("denoising step")
+        rate = self.six_bit["skip_rate"]  # type: ignore[index]
+        ax.set_title(f"recipe {self.recipe!r}: grey skip, blue NVFP4, orange INT8 (skip rate {rate:.0%})", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        return path

@@ -27,11 +27,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from lowbit.emulate import apply, calibrate
+from lowbit.emulate.recipes import Recipe, resolve_recipe
 from lowbit.models import metrics
-from lowbit.models.shapes import FRAMES, SIZE, Caption
+from lowbit.models.shapes import FRAMES, SIZE, Caption, all_captions
 from lowbit.models.tiny_dit import TinyVideoDiT, load_bundled, sample
 
-__all__ = ["DEMO_CAPTIONS", "DEMO_RECIPES", "Variant", "demo_noise", "run_variants", "metrics_rows", "write_outputs", "run"]
+__all__ = ["CALIBRATION_CAPTIONS", "CALIBRATION_SEED", "DEMO_CAPTIONS", "DEMO_RECIPES", "Variant", "demo_noise", "run_variants", "metrics_rows", "write_outputs", "run"]
 
 DEMO_CAPTIONS: tuple[str, ...] = (
     "red circle moving left",
@@ -51,8 +53,16 @@ DEMO_RECIPES: tuple[str, ...] = (
     "semantic_dialect",
     "semantic_dialect_no_seda",
     "semantic_dialect_no_decomp",
+    "six_bit",
+    "static_w8a8",
+    "w8a8_dynamic",
 )
 FULL = "full precision"
+#: Captions and noise seed of the calibration run of recipes that need one (``six_bit``,
+#: ``static_w8a8``): every fifth caption, which covers every colour, shape and direction,
+#: from other noise than any sampled video.
+CALIBRATION_CAPTIONS: tuple[Caption, ...] = tuple(all_captions()[::5])
+CALIBRATION_SEED = 1000
 
 
 @dataclass
@@ -77,17 +87,30 @@ def run_variants(
     model: TinyVideoDiT,
     captions: Sequence[Caption],
     noise: torch.Tensor,
-    recipes: Sequence[str],
+    recipes: Sequence[str | Recipe],
     *,
     steps: int = 20,
     guidance: float = 3.0,
     stats: bool = True,
     progress: Progress | None = None,
 ) -> list[Variant]:
-    """Full precision, then each recipe applied to ``model.transformer``, from the same noise."""
-    from lowbit.emulate import apply
+    """Full precision, then each recipe applied to ``model.transformer``, from the same noise.
 
-    task = None if progress is None else progress.add_task("sampling", total=(len(recipes) + 1) * steps)
+    A recipe that needs calibration is first calibrated on one sampling run of
+    :data:`CALIBRATION_CAPTIONS` (noise from :data:`CALIBRATION_SEED`) with the same
+    steps and guidance; that run is not timed.
+    """
+    chosen = [resolve_recipe(r, {}) for r in recipes]
+    total = (len(chosen) + 1 + sum(r.needs_calibration for r in chosen)) * steps
+    task = None if progress is None else progress.add_task("sampling", total=total)
+    calibration_noise = demo_noise(len(CALIBRATION_CAPTIONS), seed=CALIBRATION_SEED).to(noise.device)
+
+    def calibration_run(name: str) -> None:
+        def callback(i: int, t: torch.Tensor, v: torch.Tensor) -> None:
+            if progress is not None:
+                progress.update(task, advance=1, description=f"{'calibrating ' + name:<28}")
+
+        sample(model, CALIBRATION_CAPTIONS, calibration_noise, steps=steps, guidance=guidance, callback=callback)
 
     def one(name: str) -> Variant:
         velocities: list[torch.Tensor] = []
@@ -102,9 +125,14 @@ def run_variants(
         return Variant(name, videos, velocities, time.perf_counter() - t0)
 
     out = [one(FULL)]
-    for recipe in recipes:
-        with apply(model.transformer, recipe, stats=stats) as emu:
-            v = one(recipe)
+    for recipe in chosen:
+        if recipe.needs_calibration:
+            emulation = calibrate(model.transformer, recipe, lambda m, name=recipe.name: calibration_run(name), steps=steps,
+                                  stats=stats, progress=False)  # fmt: skip
+        else:
+            emulation = apply(model.transformer, recipe, stats=stats)
+        with emulation as emu:
+            v = one(recipe.name)
             v.report = emu.report()
         out.append(v)
     return out

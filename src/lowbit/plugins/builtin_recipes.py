@@ -3,7 +3,8 @@
 Every recipe uses the default :class:`~lowbit.emulate.recipes.LayerPolicy`
 (embedders, AdaLN modulation and the final layer in full precision) and leaves the
 attention operands in full precision; ``apply(model, name, qk=..., pv=...)`` turns
-them on.
+them on. ``six_bit`` and ``static_w8a8`` need :func:`lowbit.emulate.calibrate` before
+their first forward.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lowbit.emulate.recipes import Recipe
+from lowbit.emulate.scaled import Scaling
 from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.sixbit import SixBit
 from lowbit.hookspecs import hookimpl
 
 _SEMANTIC = dict(weight="semantic_dialect", activation="semantic_dialect")
@@ -44,6 +47,29 @@ BUILTIN_RECIPES = (
         **_SEMANTIC,
         assignment=SeDA(),
         description="SemanticDialect without attention-guided decomposition (ablation)",
+    ),
+    Recipe(
+        name="six_bit",
+        weight="nvfp4",
+        activation="nvfp4",
+        six_bit=SixBit(),
+        description="NVFP4 weights; per block and step INT8 or NVFP4 activations by predicted sensitivity; "
+        "temporal delta cache (needs calibrate)",
+    ),
+    Recipe(
+        name="static_w8a8",
+        weight="int8",
+        activation="int8",
+        scaling=Scaling(activation="static", smoothquant=0.5),
+        description="INT8 per output channel; static per-tensor INT8 activations per step; SmoothQuant "
+        "alpha 0.5 (needs calibrate)",
+    ),
+    Recipe(
+        name="w8a8_dynamic",
+        weight="int8",
+        activation="int8",
+        scaling=Scaling(activation="token"),
+        description="INT8 per output channel, dynamic per-token INT8 activations",
     ),
 )
 
