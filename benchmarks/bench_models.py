@@ -16,7 +16,8 @@ machine load).
 The recipes that need calibration (``six_bit``, ``static_w8a8``) are calibrated as
 ``lowbit demo`` does it: one sampling run of its calibration captions from other noise.
 ``six_bit`` also runs with the delta cache off (``six_bit_cache_off``, same policy
-otherwise), and the wall time of 8 captions is measured with the cache on and off
+otherwise) and with the block Hadamard transform of size 128 (``six_bit_hadamard128``),
+and the wall time of 8 captions is measured with the cache on and off
 (statistics off, median of ``--repeats``, alternately).
 
 Targets (issue 6): PSNR against full precision ``semantic_dialect`` >=
@@ -48,8 +49,10 @@ from lowbit.models.shapes import all_captions
 from lowbit.models.tiny_dit import load_bundled, sample
 
 SIX_BIT_CACHE_OFF = attrs.evolve(get_recipe("six_bit"), name="six_bit_cache_off", six_bit=SixBit(cache=False))
+SIX_BIT_HADAMARD = attrs.evolve(get_recipe("six_bit"), name="six_bit_hadamard128", six_bit=SixBit(hadamard=128))
 RECIPES = ("fp8", "mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "semantic_dialect_no_seda",
-           "semantic_dialect_no_decomp", "six_bit", SIX_BIT_CACHE_OFF, "static_w8a8", "w8a8_dynamic")  # fmt: skip
+           "semantic_dialect_no_decomp", "six_bit", SIX_BIT_CACHE_OFF, SIX_BIT_HADAMARD, "static_w8a8",
+           "w8a8_dynamic")  # fmt: skip
 ORDER = ("semantic_dialect", "block_dialect", "nvfp4", "mxfp4")  # PSNR must not increase along this
 MARGIN_DB = 2.0
 OVERHEAD_TARGET = 3.0

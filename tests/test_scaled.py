@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.emulate import Recipe, apply, calibrate, get_recipe, remove
-from lowbit.emulate.scaled import Scaling, absmax_scale, hadamard, rotate, rotation_size, scaled_fake_quant, smoothing_factors
+from lowbit.emulate.scaled import (
+    Scaling,
+    absmax_scale,
+    hadamard,
+    rotate,
+    rotation_size,
+    scaled_fake_quant,
+    scaled_fake_quant_with_stats,
+    smoothing_factors,
+)
 from lowbit.emulate.sixbit import SixBit
 
 
@@ -25,7 +34,8 @@ def test_scaled_fake_quant_by_hand() -> None:
     # scale 0.5: v = x / 0.5 = [2.5, -1.5, 127.5, 200, -200, 0.25]; the clamp to +-127 comes
     # first, then ties to even: [2, -2, 127, 127, -127, 0] -> times 0.5
     x = torch.tensor([1.25, -0.75, 63.75, 100.0, -100.0, 0.125])
-    y, st, q = scaled_fake_quant(x, torch.tensor(0.5), rows=False)
+    y, st, q = scaled_fake_quant_with_stats(x, torch.tensor(0.5), rows=False)
+    assert torch.equal(scaled_fake_quant(x, torch.tensor(0.5)), y)
     assert q.codes.ravel().tolist() == [2, 254, 127, 127, 129, 0]  # two's complement bytes of 2, -2, 127, 127, -127, 0
     assert torch.equal(y, torch.tensor([1.0, -1.0, 63.5, 63.5, -63.5, 0.0]))
     assert st.clipped == 3  # |v| >= 127.5: 127.5, 200, -200
@@ -36,7 +46,7 @@ def test_scaled_fake_quant_by_hand() -> None:
 
 def test_scaled_fake_quant_keeps_dtype_and_int8_has_one_zero() -> None:
     x = torch.tensor([[-0.0, 0.0, 1.0]], dtype=torch.bfloat16)
-    y, st, _ = scaled_fake_quant(x, absmax_scale(x))
+    y, st, _ = scaled_fake_quant_with_stats(x, absmax_scale(x))
     assert y.dtype == torch.bfloat16
     assert st.bits == 8 * 3 + 32  # one scale per row
     assert torch.equal(y.float(), torch.tensor([[-0.0, 0.0, 1.0]]))
@@ -54,7 +64,7 @@ def test_per_token_int8_matches_torch_rounding() -> None:
     x = torch.randn(64, 96) * torch.linspace(0.01, 30, 96)
     s = x.abs().amax(dim=-1, keepdim=True) / 127
     expected = torch.round(x / s).clamp(-127, 127) * s
-    y, _, _ = scaled_fake_quant(x, absmax_scale(x))
+    y = scaled_fake_quant(x, absmax_scale(x))
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
 
 
@@ -133,6 +143,8 @@ def test_dynamic_w8a8_linear_by_hand() -> None:
     with apply(model, "w8a8_dynamic") as emu:
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
         report = emu.report()
+    with apply(model, "w8a8_dynamic", stats=False):  # the path without statistics computes the same
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     layer = report.layers[0]
     assert layer.operands["weight"].bits_per_element == 8 + 32 / 8  # one float32 scale per row of 8
     assert layer.operands["activation"].bits_per_element == 8 + 32 / 8
@@ -176,10 +188,23 @@ def test_calibration_needed_and_errors_leave_the_model_alone() -> None:
     before = model(x)
     with apply(model, "static_w8a8"), pytest.raises(RuntimeError, match="needs calibration"):
         model(x)
-    with pytest.raises(ValueError, match="made 2 forwards of the model; steps=3"):
+    with pytest.raises(ValueError, match="made 2 forwards of the model; a positive multiple of steps=3"):
         calibrate(model, "static_w8a8", lambda m: [m(x), m(x)], steps=3, progress=False)
     assert torch.equal(model(x), before)  # removed after the failed calibration
     with apply(model, "w8a8_dynamic") as emu, pytest.raises(ValueError, match="nothing to calibrate"):
         emu.calibrate(lambda m: m(x), steps=1)
     with pytest.raises(RuntimeError, match="no lowbit emulation"):
         remove(model)
+
+
+def test_static_calibration_over_two_sampling_runs() -> None:
+    model = Toy()
+    xs = _steps_inputs()
+    recipe = attrs.evolve(get_recipe("static_w8a8"), scaling=Scaling(activation="static"))
+    # two runs of 3 steps: the second with twice the inputs; forward i is step i % 3
+    emu = calibrate(model, recipe, lambda m: [m(x * k) for k in (1, 2) for x in xs], steps=3, progress=False)
+    with emu:
+        expected = torch.stack([(2 * x).abs().amax() for x in xs]) / 127
+        torch.testing.assert_close(emu.calibration["scales"]["fc"], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="made 5 forwards"):
+        calibrate(model, recipe, lambda m: [m(x) for x in (*xs, *xs[:2])], steps=3, progress=False)

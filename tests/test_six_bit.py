@@ -177,3 +177,9 @@ def test_report_json_and_schedule_plot(tmp_path) -> None:
     from PIL import Image
 
     assert Image.open(written[1]).size[0] > 100
+
+
+def test_calibration_pairs_stay_inside_each_sampling_run() -> None:
+    # two runs of one step each: no block ran at step - 1 of the same run, so no pairs
+    with pytest.raises(ValueError, match="and got 0"):
+        calibrate(Net(), "six_bit", lambda m: [m(torch.ones(2, 64)) for _ in range(2)], steps=1, progress=False)

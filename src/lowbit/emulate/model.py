@@ -55,7 +55,15 @@ from lowbit.emulate import semantic
 from lowbit.emulate.api import Quantized, fake_quant
 from lowbit.emulate.recipes import FROM_RECIPE, Keep, Recipe, resolve_recipe
 from lowbit.emulate.report import LayerReport, OperandReport, Report
-from lowbit.emulate.scaled import INT8, SCALE_BITS, absmax_scale, rotate, scaled_fake_quant, smoothing_factors
+from lowbit.emulate.scaled import (
+    INT8,
+    SCALE_BITS,
+    absmax_scale,
+    rotate,
+    scaled_fake_quant,
+    scaled_fake_quant_with_stats,
+    smoothing_factors,
+)
 from lowbit.emulate.sixbit import FULL_PRECISION_BITS, SixBitState, timed
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
 from lowbit.formats import resolve
@@ -334,6 +342,7 @@ class Emulation:
         self.calibrating = False
         self._amax: dict[str, list[torch.Tensor]] = {}  # while calibrating: linear -> per-step channel amax
         self._on_forward: Callable[[], None] | None = None
+        self._calibration_steps = 1  # while calibrating: steps per sampling run
         self._restore: list[Callable[[], None]] = []
         self._removed = False
         self._plan()
@@ -388,7 +397,7 @@ class Emulation:
                 if site.name in smoothing:
                     w = (w.float() * smoothing[site.name]).to(w.dtype)
                 scale = absmax_scale(w)
-                self._weights[site.name], op.stats, self.quantized_weights[site.name] = scaled_fake_quant(
+                self._weights[site.name], op.stats, self.quantized_weights[site.name] = scaled_fake_quant_with_stats(
                     w, scale, backend=self.backend
                 )
                 self.weight_scales[site.name] = scale
@@ -400,7 +409,7 @@ class Emulation:
             self.quantized_weights[site.name] = q
             op.stats = st
             if site.scheme == "six_bit":
-                self._int8_weights[site.name], site.operands["weight_int8"].stats, _ = scaled_fake_quant(
+                self._int8_weights[site.name], site.operands["weight_int8"].stats, _ = scaled_fake_quant_with_stats(
                     y, absmax_scale(y), backend=self.backend
                 )
 
@@ -455,7 +464,7 @@ class Emulation:
         site = self.sites[name]
         site.operands["weight"].stats = stats
         if site.scheme == "six_bit":
-            self._int8_weights[name], site.operands["weight_int8"].stats, _ = scaled_fake_quant(
+            self._int8_weights[name], site.operands["weight_int8"].stats, _ = scaled_fake_quant_with_stats(
                 weight, absmax_scale(weight), backend=self.backend
             )
 
@@ -500,7 +509,8 @@ class Emulation:
                 f"recipe {self.recipe.name!r} needs calibration before its first forward: "
                 "use lowbit.emulate.calibrate(model, recipe, run_fn, steps=...)"
             )
-        self.step = self.forwards
+        # calibration runs one or more sampling runs of calibration["steps"] steps each
+        self.step = self.forwards % self._calibration_steps if self.calibrating else self.forwards
         self.forwards += 1
         if self._on_forward is not None:
             self._on_forward()
@@ -597,12 +607,16 @@ class Emulation:
         if smooth is not None:
             x = (x.float() / smooth).to(x.dtype)
         if scaling.activation == "token":
-            y, st, _ = scaled_fake_quant(x, absmax_scale(x), backend=self.backend)
-        else:
-            y, st, _ = scaled_fake_quant(x, self._static_scale(site.name), backend=self.backend, rows=False)
-        if self.stats:
-            op = site.operands["activation"]
-            op.stats = op.stats + st
+            return self._scaled_quant(site, "activation", x, absmax_scale(x), rows=True)
+        return self._scaled_quant(site, "activation", x, self._static_scale(site.name), rows=False)
+
+    def _scaled_quant(self, site: _Site, key: str, x: torch.Tensor, scale: torch.Tensor, rows: bool) -> torch.Tensor:
+        """INT8 over whole rows (or the tensor) for operand ``key`` (statistics only while on)."""
+        if not self.stats:
+            return scaled_fake_quant(x, scale, backend=self.backend)
+        y, st, _ = scaled_fake_quant_with_stats(x, scale, backend=self.backend, rows=rows)
+        op = site.operands[key]
+        op.stats = op.stats + st
         return y
 
     def _static_scale(self, name: str) -> torch.Tensor:
@@ -626,22 +640,16 @@ class Emulation:
             return x, site.module.weight
         xr = rotate(x, policy.hadamard) if policy.hadamard else x
         n, step = x.numel(), self.step
-        if self.calibrating:
-            pass
-        elif precision == "int8" and block is not None and six.state[block].refresh and six.outlier(x):
-            six.full_precision[step][site.name] += 1
-            six.count_activation(step, n, FULL_PRECISION_BITS * n)
-            return xr, self._weights[site.name]
-        elif precision == "int8":
+        if precision == "int8" and not self.calibrating:
+            if block is not None and six.state[block].refresh and six.outlier(x):
+                six.full_precision[step][site.name] += 1
+                six.count_activation(step, n, FULL_PRECISION_BITS * n)
+                return xr, self._weights[site.name]
             six.count_activation(step, n, 8.0 * n + SCALE_BITS * (n // x.shape[-1]))
-        else:
+        elif not self.calibrating:
             six.count_activation(step, n, resolve(site.operands["activation"].format).bits * n)
         if precision == "int8":
-            y, st, _ = scaled_fake_quant(xr, absmax_scale(xr), backend=self.backend)
-            if self.stats:
-                op = site.operands["activation_int8"]
-                op.stats = op.stats + st
-            return y, self._int8_weights[site.name]
+            return self._scaled_quant(site, "activation_int8", xr, absmax_scale(xr), rows=True), self._int8_weights[site.name]
         return self._quant(site, "activation", xr, -1), self._weights[site.name]
 
     def _block_output(self, name: str, out: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -665,7 +673,7 @@ class Emulation:
             del six.current[name]
             y, y_q = self._block_output(name, out, x), self._block_output(name, out_q, x)
             if y is not None and y_q is not None:
-                six.record_sensitivity(name, x, y, y_q)
+                six.record_sensitivity(name, self.step, x, y, y_q)
             return out
         step = self.step
         decision = six.decide(name, skippable=name not in self._multi_output)
@@ -684,8 +692,9 @@ class Emulation:
         """Run ``run_fn(model)`` once in full precision, collecting what the recipe calibrates,
         and store it in :attr:`calibration` (replacing any earlier calibration).
 
-        ``run_fn`` must make exactly ``steps`` root forwards (denoising steps, each batch
-        of prompts being one forward): static activation scales are kept per step.
+        ``run_fn`` runs one or more sampling runs of ``steps`` denoising steps each: it must
+        make a positive multiple of ``steps`` root forwards (each batch of prompts being one
+        forward); forward ``i`` is step ``i % steps``, and statistics merge over the runs.
         ``scaling``: the per-input-channel activation maxima give the SmoothQuant factors
         (weights are then quantized again) and the per-step static scales (per step group:
         the largest); ``six_bit``: every block also runs with NVFP4 activations, and the
@@ -704,13 +713,22 @@ class Emulation:
             self.six_bit.start_calibration()
         self.calibrating = True
         try:
+            self._calibration_steps = steps
             with Progress(transient=True, disable=not progress) as bar:
                 task = bar.add_task(f"calibrating {self.recipe.name}", total=steps)
-                self._on_forward = lambda: bar.advance(task)
+
+                def advance() -> None:
+                    if self.step == 0 and self.forwards > 1:  # another sampling run
+                        bar.reset(task, description=f"calibrating {self.recipe.name}, run {self.forwards // steps + 1}")
+                    bar.advance(task)
+
+                self._on_forward = advance
                 with torch.no_grad():
                     run_fn(self.model)
-            if self.forwards != steps:
-                raise ValueError(f"run_fn made {self.forwards} forwards of the model; steps={steps} were expected")
+            if self.forwards == 0 or self.forwards % steps:
+                raise ValueError(
+                    f"run_fn made {self.forwards} forwards of the model; a positive multiple of steps={steps} was expected"
+                )
             self.calibration = self._fit_calibration(steps)
         finally:
             self.calibrating, self._on_forward = False, None

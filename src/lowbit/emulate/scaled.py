@@ -28,10 +28,19 @@ from typing import Literal
 import attrs
 import torch
 
-from lowbit.emulate.api import Quantized
+from lowbit.emulate.api import Quantized, fake_quant
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
 
-__all__ = ["Scaling", "absmax_scale", "hadamard", "rotate", "scaled_fake_quant", "smoothing_factors"]
+__all__ = [
+    "Scaling",
+    "absmax_scale",
+    "hadamard",
+    "rotate",
+    "rotation_size",
+    "scaled_fake_quant",
+    "scaled_fake_quant_with_stats",
+    "smoothing_factors",
+]
 
 #: The element format of the INT8 schemes and its largest symmetric magnitude.
 INT8 = "int8"
@@ -80,23 +89,30 @@ def absmax_scale(x: torch.Tensor, per_row: bool = True) -> torch.Tensor:
     return torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
 
 
-def scaled_fake_quant(
+def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``clamp(x / s, -127, 127)`` in float32: the values the INT8 element format rounds."""
+    return (x.float() / scale).clamp(-INT8_MAX, INT8_MAX)
+
+
+def scaled_fake_quant(x: torch.Tensor, scale: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """``Q(x)`` of the module docstring with INT8 elements (float32, cast to x's dtype)."""
+    return (fake_quant(_scaled(x, scale), INT8, backend=backend) * scale).to(x.dtype)
+
+
+def scaled_fake_quant_with_stats(
     x: torch.Tensor, scale: torch.Tensor, *, backend: str = "auto", rows: bool = True
 ) -> tuple[torch.Tensor, QuantStats, Quantized]:
-    """``Q(x)`` of the module docstring with INT8 elements, its statistics (error and
-    clipping against ``x``; bits: 8 per element plus 32 per scale, one per row when
-    ``rows`` else one in all) and the :class:`Quantized` INT8 codes of ``x / scale``
-    (``dequantize(q) * scale`` in float32, cast to x's dtype, is the first result)."""
-    v = x.float() / scale
+    """:func:`scaled_fake_quant`, its statistics (error and clipping against ``x``; bits:
+    8 per element plus 32 per scale, one per row when ``rows`` else one in all) and the
+    :class:`Quantized` INT8 codes of ``x / scale`` (``dequantize(q) * scale`` in float32,
+    cast to x's dtype, is the first result)."""
     n_scales = x.numel() // x.shape[-1] if rows else 1
-    y, stats, q = fake_quant_with_stats(
-        v.clamp(-INT8_MAX, INT8_MAX), INT8, backend=backend, extra_bits=SCALE_BITS * n_scales
-    )
+    y, stats, q = fake_quant_with_stats(_scaled(x, scale), INT8, backend=backend, extra_bits=SCALE_BITS * n_scales)
     out = (y * scale).to(x.dtype)
     # error against x itself (the clamp is part of the quantizer); clipped: the values
-    # that round beyond 127 (|v| >= 127.5 under ties-to-even)
+    # that round beyond 127 (|x / s| >= 127.5 under ties-to-even)
     err = error_stats(x, out)
-    clipped = int((v.detach().abs() >= INT8_MAX + 0.5).sum())
+    clipped = int((x.detach().float().abs() / scale >= INT8_MAX + 0.5).sum())
     return out, attrs.evolve(stats, sq_error=err.sq_error, sq_signal=err.sq_signal, clipped=clipped), q
 
 

@@ -107,7 +107,7 @@ class _Block:
 class _Calibration:
     """What calibration measured: (gamma at the previous step, sensitivity) pairs."""
 
-    gammas: dict[str, float] = attrs.field(factory=dict)  # block -> gamma of the step before
+    gammas: dict[str, tuple[int, float]] = attrs.field(factory=dict)  # block -> (step, gamma) last seen
     pairs: list[tuple[float, float]] = attrs.field(factory=list)
 
 
@@ -142,17 +142,18 @@ class SixBitState:
     def start_calibration(self) -> None:
         self.calibration = _Calibration()
 
-    def record_sensitivity(self, block: str, x: torch.Tensor, y: torch.Tensor, y_nvfp4: torch.Tensor) -> None:
+    def record_sensitivity(self, block: str, step: int, x: torch.Tensor, y: torch.Tensor, y_nvfp4: torch.Tensor) -> None:
         """Calibration: block input ``x``, full-precision output ``y`` and output with NVFP4
-        activations; pairs this step's sensitivity with the gamma of the step before."""
+        activations at ``step``; pairs this step's sensitivity with the gamma of the step
+        before (when the block ran at step - 1 of the same sampling run)."""
         cal = self.calibration
         assert cal is not None
         update = _l1(y.double() - x.double())
         sensitivity = _l1(y_nvfp4.double() - y.double()) / update if update > 0 else math.inf
         previous = cal.gammas.get(block)
-        if previous is not None and math.isfinite(sensitivity):
-            cal.pairs.append((previous, sensitivity))
-        cal.gammas[block] = _rel_l1(y, x)
+        if previous is not None and previous[0] == step - 1 and math.isfinite(sensitivity):
+            cal.pairs.append((previous[1], sensitivity))
+        cal.gammas[block] = (step, _rel_l1(y, x))
 
     def fit(self) -> dict[str, float]:
         """Fit alpha, beta by least squares and set the threshold; returns them."""
