@@ -8,12 +8,15 @@ the code under test.
 
 from __future__ import annotations
 
+import io
 import math
 
 import attrs
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
 from torch import nn
 
 from lowbit.emulate import Recipe, apply, calibrate, get_recipe, remove
@@ -208,3 +211,16 @@ def test_static_calibration_over_two_sampling_runs() -> None:
         torch.testing.assert_close(emu.calibration["scales"]["fc"], expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="made 5 forwards"):
         calibrate(model, recipe, lambda m: [m(x) for x in (*xs, *xs[:2])], steps=3, progress=False)
+
+
+def test_calibration_progress_bar() -> None:
+    model = Toy()
+    xs = _steps_inputs()
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with Progress(console=console) as bar:
+        emu = calibrate(model, "static_w8a8", lambda m: [m(x) for _ in range(2) for x in xs], steps=3, progress=bar)
+        emu.remove()
+    # one task, reset for the second sampling run and run to the end of it
+    (task,) = bar.tasks
+    assert (task.description, task.completed, task.total) == ("calibrating static_w8a8, run 2", 3, 3)
+    assert "calibrating static_w8a8" in console.file.getvalue()  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ full-precision output of the same layer on the same input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -49,6 +50,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+from rich.progress import Progress
 from torch.overrides import TorchFunctionMode
 
 from lowbit.emulate import semantic
@@ -688,7 +690,7 @@ class Emulation:
         return out
 
     # -- calibration -----------------------------------------------------------------
-    def calibrate(self, run_fn: Callable[[nn.Module], Any], *, steps: int, progress: bool = True) -> dict[str, Any]:
+    def calibrate(self, run_fn: Callable[[nn.Module], Any], *, steps: int, progress: bool | Progress = True) -> dict[str, Any]:
         """Run ``run_fn(model)`` once in full precision, collecting what the recipe calibrates,
         and store it in :attr:`calibration` (replacing any earlier calibration).
 
@@ -699,14 +701,14 @@ class Emulation:
         (weights are then quantized again) and the per-step static scales (per step group:
         the largest); ``six_bit``: every block also runs with NVFP4 activations, and the
         sensitivity model is fitted. Returns :attr:`calibration`. Statistics are cleared.
+        ``progress``: show a progress bar (True), none (False), or add the task to this
+        ``rich.progress.Progress``.
         """
         self._check_live()
         if not self.recipe.needs_calibration:
             raise ValueError(f"recipe {self.recipe.name!r} has nothing to calibrate")
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        from rich.progress import Progress
-
         self.reset()
         self._amax.clear()
         if self.six_bit is not None:
@@ -714,7 +716,8 @@ class Emulation:
         self.calibrating = True
         try:
             self._calibration_steps = steps
-            with Progress(transient=True, disable=not progress) as bar:
+            own = not isinstance(progress, Progress)
+            with Progress(transient=True, disable=not progress) if own else contextlib.nullcontext(progress) as bar:
                 task = bar.add_task(f"calibrating {self.recipe.name}", total=steps)
 
                 def advance() -> None:
@@ -891,7 +894,7 @@ def calibrate(
     run_fn: Callable[[nn.Module], Any],
     *,
     steps: int,
-    progress: bool = True,
+    progress: bool | Progress = True,
     stats: bool = True,
     backend: str = "auto",
     token_order: TokenOrder | None = None,

@@ -295,6 +295,7 @@ class Report:
         cmap = ListedColormap(["#dddddd", "tab:blue", "tab:orange", "white"])
         ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
         ax.set_yticks(np.arange(len(blocks)), blocks, fontsize=6)
+        ax.set_xticks(np.arange(len(steps)), [str(i) for i in range(len(steps))], fontsize=6)
         ax.set_xlabel("denoising step")
         rate = self.six_bit["skip_rate"]  # type: ignore[index]
         ax.set_title(f"recipe {self.recipe!r}: grey skip, blue NVFP4, orange INT8 (skip rate {rate:.0%})", fontsize=8)
