@@ -17,8 +17,8 @@ The recipes that need calibration (``six_bit``, ``static_w8a8``) are calibrated 
 ``lowbit demo`` does it: one sampling run of its calibration captions from other noise.
 ``six_bit`` also runs with the delta cache off (``six_bit_cache_off``, same policy
 otherwise) and with the block Hadamard transform of size 128 (``six_bit_hadamard128``),
-and the wall time of 8 captions is measured with the cache on and off
-(statistics off, median of ``--repeats``, alternately).
+and the wall time of 8 captions is measured with the cache on, then off (each
+calibrated once, then ``--repeats`` runs with statistics off; medians).
 
 Targets (issue 6): PSNR against full precision ``semantic_dialect`` >=
 ``block_dialect`` >= ``nvfp4`` >= ``mxfp4``, with ``semantic_dialect`` at least 2 dB

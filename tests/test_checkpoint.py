@@ -358,6 +358,9 @@ def test_round_trip_of_int8_and_calibrated_recipes(tmp_path: Path, recipe: str) 
             torch.testing.assert_close(run(fresh, kwargs), want, rtol=0, atol=0)
         assert loaded.recipe == chosen
         assert loaded.calibration.keys() == calibration.keys()
+        for kind in ("smoothing", "scales"):  # float32 arrays, stored exactly
+            for linear, value in calibration.get(kind, {}).items():
+                assert torch.equal(loaded.calibration[kind][linear], value), (kind, linear)
         if recipe == "six_bit":
             assert loaded.calibration["six_bit"] == calibration["six_bit"]
         else:  # INT8 codes, one byte each, and a float32 scale per output channel (by hand)
@@ -381,3 +384,45 @@ def test_calibration_state_must_fit_the_recipe(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds no calibration state, but recipe 'static_w8a8' needs it"):
         lowbit.load(path, fresh)
     assert_unchanged(fresh, before)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints of a calibrated static_w8a8 and six_bit emulation of the tiny Wan."""
+    paths = {}
+    for recipe in ("static_w8a8", "six_bit"):
+        model, kwargs = build("wan", seed=0)
+        with calibrate(model, recipe, lambda m: [run(m, kwargs) for _ in range(3)], steps=3, progress=False) as emu:
+            paths[recipe] = tmp_path_factory.mktemp(recipe) / "model.safetensors"
+            lowbit.save(emu, paths[recipe])
+    return paths
+
+
+def _first(arrays: dict[str, torch.Tensor], prefix: str) -> str:
+    return sorted(k for k in arrays if k.startswith(prefix))[0]
+
+
+def _drop_linear(document: dict[str, Any], arrays: dict[str, torch.Tensor]) -> None:
+    """Leave one linear out of the calibration state, consistently (its arrays too)."""
+    for kind in ("scales", "smoothing"):
+        arrays.pop(f"calibration:{kind}:{document['calibration'][kind].pop()}")
+
+
+CALIBRATION_EDITS: dict[str, tuple[str, Callable[[dict[str, Any], dict[str, torch.Tensor]], None], str]] = {
+    "missing array": ("static_w8a8", lambda d, a: a.pop(_first(a, "calibration:scales:")), "is missing or names no linear"),
+    "wrong shape": ("static_w8a8", lambda d, a: a.update({_first(a, "calibration:scales:"): torch.ones(4)}), r"expected shape \[3\], got \[4\]"),
+    "unlisted array": ("static_w8a8", lambda d, a: d["calibration"]["scales"].pop(), "not listed in the calibration state"),
+    "fewer linears": ("static_w8a8", lambda d, a: _drop_linear(d, a), "covers other linears"),
+    "bad steps": ("static_w8a8", lambda d, a: d["calibration"].update(steps=0), "positive integer"),
+    "missing key": ("static_w8a8", lambda d, a: d["calibration"].pop("smoothing"), "does not fit recipe 'static_w8a8'"),
+    "bad fit": ("six_bit", lambda d, a: d["calibration"]["six_bit"].update(alpha="x"), "finite alpha, beta and threshold"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CALIBRATION_EDITS))
+def test_a_bad_calibration_state_is_refused_and_the_model_is_unchanged(calibrated: dict[str, Path], tmp_path: Path, case: str) -> None:
+    recipe, edit, match = CALIBRATION_EDITS[case]
+    path = tmp_path / "edited.safetensors"
+    path.write_bytes(calibrated[recipe].read_bytes())
+    rewrite(path, edit)
+    _load_fails(path, build("wan", seed=1)[0], ValueError, match)

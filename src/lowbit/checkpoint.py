@@ -351,18 +351,37 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def _calibration_keys(recipe: Recipe) -> set[str]:
+    """The keys of the calibration state of ``recipe`` (none when it needs no calibration)."""
+    if not recipe.needs_calibration:
+        return set()
+    keys = {"steps"} | ({"six_bit"} if recipe.six_bit is not None else set())
+    if recipe.scaling is not None:
+        keys |= {"smoothing"} if recipe.scaling.smoothquant is not None else set()
+        keys |= {"scales"} if recipe.scaling.activation == "static" else set()
+    return keys
+
+
 def _checked_calibration(
     path: Path, stored: Any, arrays: dict[str, torch.Tensor], recipe: Recipe, model: nn.Module
 ) -> dict[str, Any]:
-    """The calibration state :func:`save` wrote, its arrays checked against the model."""
-    if not isinstance(stored, dict) or not set(stored) <= {"steps", "six_bit", *_CALIBRATION_ARRAYS}:
-        raise ValueError(f"{path}: malformed calibration state {stored!r}")
-    if bool(stored) != recipe.needs_calibration:
-        state = "holds calibration state, and" if stored else "holds no calibration state, but"
-        raise ValueError(f"{path}: {state} recipe {recipe.name!r} {'needs' if not stored else 'takes'} {'it' if not stored else 'none'}")
+    """The calibration state :func:`save` wrote, checked against the recipe and the model."""
+    expected = _calibration_keys(recipe)
+    if stored == {} and expected:
+        raise ValueError(f"{path}: holds no calibration state, but recipe {recipe.name!r} needs it")
+    if not isinstance(stored, dict) or set(stored) != expected:
+        keys = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
+        raise ValueError(f"{path}: calibration state with {keys} does not fit recipe {recipe.name!r} (expected {sorted(expected)})")
+    steps = stored.get("steps", 1)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{path}: calibration steps must be a positive integer, got {steps!r}")
+    fitted = stored.get("six_bit", {"alpha": 0.0, "beta": 0.0, "threshold": 0.0})
+    if not (isinstance(fitted, dict) and set(fitted) == {"alpha", "beta", "threshold"}
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in fitted.values())):  # fmt: skip
+        raise ValueError(f"{path}: six_bit calibration must hold finite alpha, beta and threshold, got {fitted!r}")
     out: dict[str, Any] = {k: v for k, v in stored.items() if k not in _CALIBRATION_ARRAYS}
     modules = dict(model.named_modules())
-    groups = None if recipe.scaling is None else recipe.scaling.step_groups or stored.get("steps")
+    groups = None if recipe.scaling is None else recipe.scaling.step_groups or steps
     keys = set()
     for kind in (k for k in _CALIBRATION_ARRAYS if k in stored):
         out[kind] = {}
@@ -427,6 +446,14 @@ def load(path: str | Path, model: nn.Module, *, backend: str = "auto") -> Emulat
         raise ValueError(
             f"{path}: the stored recipe quantizes {len(linears)} weight(s) of this model and the file holds "
             f"{len(quantized)}; these differ: {_listed(sorted(set(linears) ^ set(quantized)))}"
+        )
+    scaled = {linear for linear, site in emulation.sites.items() if site.scheme == "scaled"}
+    unfit = [kind for kind in _CALIBRATION_ARRAYS if kind in calibration and set(calibration[kind]) != scaled]
+    if unfit:
+        emulation.remove()
+        raise ValueError(
+            f"{path}: the stored calibration ({', '.join(unfit)}) covers other linears than the {len(scaled)} "
+            "the recipe quantizes with scaled INT8 in this model"
         )
     tensors = _model_tensors(model)
     device = next(iter(tensors.values())).device if tensors else torch.device("cpu")

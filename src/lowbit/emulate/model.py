@@ -49,8 +49,8 @@ from typing import Any, Callable, Literal, Mapping
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import nn
 from rich.progress import Progress
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lowbit.emulate import semantic
@@ -65,6 +65,7 @@ from lowbit.emulate.scaled import (
     scaled_fake_quant,
     scaled_fake_quant_with_stats,
     smoothing_factors,
+    step_group,
 )
 from lowbit.emulate.sixbit import FULL_PRECISION_BITS, SixBitState, timed
 from lowbit.emulate.stats import QuantStats, error_stats, fake_quant_with_stats
@@ -629,7 +630,7 @@ class Emulation:
                 f"{name}: static activation scales were calibrated for {steps} denoising steps, and this is "
                 f"forward {self.step} since the last reset(); call reset() between runs"
             )
-        return scales[self.step * len(scales) // steps]
+        return scales[step_group(self.step, steps, len(scales))]
 
     # -- recipe.six_bit --------------------------------------------------------------
     def _six_bit_operands(self, site: _Site, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -738,7 +739,8 @@ class Emulation:
             self._amax.clear()
             if self.six_bit is not None:
                 self.six_bit.calibration = None
-        self._quantize_weights()
+        if "smoothing" in self.calibration:  # SmoothQuant scales the weights: quantize them again
+            self._quantize_weights()
         self.reset()
         return self.calibration
 
@@ -748,7 +750,7 @@ class Emulation:
         if scaling is not None:
             smoothing, scales = {}, {}
             groups = scaling.step_groups or steps
-            group_of = torch.tensor([t * groups // steps for t in range(steps)])
+            group_of = torch.tensor([step_group(t, steps, groups) for t in range(steps)])
             for name, site in self.sites.items():
                 if site.scheme != "scaled":
                     continue

@@ -40,6 +40,7 @@ __all__ = [
     "scaled_fake_quant",
     "scaled_fake_quant_with_stats",
     "smoothing_factors",
+    "step_group",
 ]
 
 #: The element format of the INT8 schemes and its largest symmetric magnitude.
@@ -80,6 +81,12 @@ class Scaling:
     @property
     def needs_calibration(self) -> bool:
         return self.activation == "static" or self.smoothquant is not None
+
+
+def step_group(step: int, steps: int, groups: int) -> int:
+    """The group of denoising step ``step`` when ``steps`` steps are cut into ``groups``
+    equal ranges (step ``t`` is in group ``t * groups // steps``)."""
+    return step * groups // steps
 
 
 def absmax_scale(x: torch.Tensor, per_row: bool = True) -> torch.Tensor:

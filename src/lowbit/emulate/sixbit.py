@@ -171,7 +171,6 @@ class SixBitState:
         predicted = alpha * g + beta
         threshold = float(torch.quantile(predicted, 1.0 - self.policy.int8_fraction))
         self.alpha, self.beta, self.threshold = alpha, beta, threshold
-        self.calibration = None
         return self.fitted()
 
     def fitted(self) -> dict[str, float]:
