@@ -12,6 +12,7 @@ kernels on several threads. Timing lives in benchmarks/bench_dialects.py.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 
 import lowbit
 from lowbit.emulate import SubFormatbooks, _numba_dialect
+from lowbit.emulate import reference_dialect as rd
 from lowbit.emulate._numba_fast import PARALLEL_MIN
 from lowbit.formats import evolve, get, names
 from lowbit.formats.spec import E8M0, Formatbook
@@ -111,8 +113,42 @@ def test_other_specs_take_the_generic_kernels() -> None:
         get("dialectfp4_mse"),
         evolve(DIALECTFP4, name="e8m0", scale=E8M0),  # 2^(s - k) leaves the float32 range
         evolve(DIALECTFP4, name="b24", block_size=24),
+        ALTERNATING,  # its first pair's count changes at more levels than the fast path takes
     ):
         assert _numba_dialect._fast(spec, x, "float32", None) is None, spec.name
+
+
+# pair (0, 1) of DialectFP4 replaced by two dialects that alternate below their shared maximum
+ALTERNATING = evolve(
+    DIALECTFP4,
+    name="alternating",
+    dialects=((0, 1, 3, 5, 7, 9, 11, 15), (0, 2, 4, 6, 8, 10, 12, 15), *DIALECTFP4.dialects[2:]),
+)
+
+
+def test_alternating_pairs_still_match_the_reference() -> None:
+    _same(ALTERNATING, _adversarial(ALTERNATING, seed=5)[:16], "reference")
+
+
+TWO_STAGE = [s for s in FAST_SPECS if s.selection == "two_stage"]
+
+
+@pytest.mark.parametrize("spec", TWO_STAGE, ids=_ids(TWO_STAGE))
+def test_count_thresholds_give_the_beneficial_range_difference(spec: Formatbook) -> None:
+    """At every half level and its float32 neighbours (scaled magnitudes u in level units),
+    the weights of the passed count thresholds sum to (level in the first dialect's
+    beneficial range) - (in the second's), with the level and the ranges taken from the
+    reference's definitions."""
+    cut, weight, *_ = _numba_dialect._fast_tables(spec)
+    half = np.arange(2 * spec.levels + 2, dtype=np.float32) / np.float32(2)
+    us = np.unique(np.concatenate([half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf))]))
+    step = Fraction(spec.grid) / 2
+    ranges = rd.beneficial_ranges(spec)
+    for p in range(0, len(spec.dialects), 2):
+        for u in us:
+            lv = rd.fixed_point_level(spec, Fraction(float(u)) * step)
+            inside = [any(lo <= lv * step < hi for lo, hi in ranges[d]) for d in (p, p + 1)]
+            assert int(weight[p][u > cut[p]].sum()) == int(inside[0]) - int(inside[1]), (p, float(u))
 
 
 @pytest.mark.parametrize("spec", FAST_SPECS, ids=_ids(FAST_SPECS))

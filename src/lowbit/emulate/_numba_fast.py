@@ -99,6 +99,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from lowbit.emulate._numba_simd import LANES as _LANES
 from lowbit.emulate._numba_simd import max_abs_bits
 from lowbit.emulate.backends import Parts
 from lowbit.emulate.reference import inf_code, nan_code
@@ -126,7 +127,6 @@ _ALL = 1 << 31  # max_abs_bits limit that keeps every float32 pattern
 _NAN32 = np.float32(np.nan)  # the bits (0x7FC00000) the generic kernels store for NaN
 _ZERO32 = np.float32(0.0)
 _CHUNK = 1 << 16  # elements per parallel work item of the element kernels
-_LANES = 16  # float32 lanes of one 64-byte vector; block sizes are multiples of it
 
 
 # ---------------------------------------------------------------------------
