@@ -391,7 +391,7 @@ def _count_steps(spec: Formatbook, ben: np.ndarray) -> tuple[np.ndarray, np.ndar
     """two_stage: per pair (row p = its first dialect), the float32 thresholds T and int32
     weights w with f(level(u)) = sum of w where u > T, f = (level in the beneficial range of
     dialect p) - (in that of p + 1); padded to ``_CUTS`` with thresholds no u passes. None
-    when a pair needs more. lut: empty tables."""
+    when a pair needs more. lut: padding only (unused)."""
     nd = len(spec.dialects)
     cut = np.full((nd, _CUTS), np.finfo(np.float32).max, np.float32)
     weight = np.zeros((nd, _CUTS), np.int32)
