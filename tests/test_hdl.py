@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import lowbit
 from lowbit import formats
+from lowbit.cli import main
 from lowbit.emulate.api import Quantized, pack_codes
 from lowbit.formats.spec import ExpScaleFormat, Formatbook
 from lowbit.hdl import convert, verify
@@ -141,6 +142,36 @@ def test_multiplier_every_code_pair(name, kind, hdl, tmp_path):
     vectors = [{"a": int(x), "b": int(y), **product_expectation(float(p), 2 * t.lsb_exp)}
                for x, y, p in zip(a.ravel(), b.ravel(), prods)]
     run_everywhere(unit_for(fmt, kind), vectors, hdl(name), tmp_path)
+
+
+def numba_dialect_values(book: Formatbook) -> np.ndarray:
+    """values[d, code] of a formatbook's element codes under dialect d at scale 1, by
+    lowbit.dequantize (Numba) of blocks whose codes and dialect ids are set directly."""
+    nd, ncodes, bs = len(book.dialects), 1 << (book.index_bits + 1), book.block_size
+    q, _ = quantize_blocks(book, [([1.0] * bs, 0)] * nd)
+    codes = np.resize(np.arange(ncodes), (nd, bs))
+    q = q.replace(codes=pack_codes(codes, q.element), dialect_ids=np.arange(nd, dtype=np.uint8)[:, None],
+                  scale_codes=np.full((nd, 1), book.scale.bias, np.uint8), scales=np.ones((nd, 1)))
+    return np.asarray(lowbit.dequantize(q, backend="numba", dtype="float64"))[:, :ncodes]
+
+
+@pytest.mark.parametrize("name", ("dialectfp4", "semantic_dialect"))
+def test_formatbook_multiplier_every_code_pair(name, hdl, tmp_path):
+    # every code pair; DialectFP4: under every pair of dialects, semantic_dialect (32
+    # dialects): every dialect of a with one of b (a permutation), so every (code, dialect)
+    # of each operand occurs
+    book = formats.get(name)
+    vals = numba_dialect_values(book)
+    nd, ncodes = vals.shape
+    ids = [(i, j) for i in range(nd) for j in range(nd)] if nd <= 16 else [(i, (7 * i + 3) % nd) for i in range(nd)]
+    lsb2 = 2 * int(math.log2(book.grid))
+    vectors = []
+    for ida, idb in ids:
+        for ca in range(ncodes):
+            for cb in range(ncodes):
+                e = product_expectation(float(vals[ida, ca] * vals[idb, cb]), lsb2)
+                vectors.append({"a": ca, "b": cb, "ida": ida, "idb": idb, "sign": e["sign"], "mag": e["mag"]})
+    run_everywhere(unit_for(book, "mul"), vectors, hdl(name, ("mul",)), tmp_path)
 
 
 def encoder_inputs(fmt, t) -> np.ndarray:
@@ -602,6 +633,38 @@ def test_selector_picks_numba_dialect(name, kind, hdl, tmp_path):
     collect()
     assert len({v["dialect_id"][0] for v in collected}) > 1  # the vectors exercise more than one dialect
     run_everywhere(unit, collected, hdl(name), tmp_path)
+
+
+def test_cli_generate_writes_the_converted_units(tmp_path, capsys):
+    status = main(["hdl", "generate", "dialectfp4", "--unit", "mul,dot", "--out", str(tmp_path / "cli")])
+    assert status == 0, capsys.readouterr().err
+    ref = convert.generate([("dialectfp4", "mul"), ("dialectfp4", "dot")], tmp_path / "ref")
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(p.name for p in ref)
+    for f in ref:
+        assert (tmp_path / "cli" / f.name).read_bytes() == f.read_bytes(), f.name
+    assert main(["hdl", "generate", "dialectfp4", "--unit", "quant", "--out", str(tmp_path / "x")]) == 2
+    assert "no 'quant' unit" in capsys.readouterr().err
+
+
+def test_cli_report_synthesizes_the_listed_units(tmp_path, capsys):
+    assert main(["hdl", "report", "--units", "fp4_e2m1"]) == 2
+    assert "FORMAT:UNIT" in capsys.readouterr().err
+    assert main(["hdl", "report", "--units", "dialectfp4:quant"]) == 2
+    capsys.readouterr()
+    if verify.missing_tools(["yosys"]):
+        pytest.skip("yosys not on PATH (`make test` installs it with apt-get when run as root)")
+    png = tmp_path / "area.png"
+    assert main(["hdl", "report", "--units", "fp4_e2m1:mul", "dialectfp4:mul", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cols = [c.strip() for c in line.strip("│|").split("│")]
+        if len(cols) == 5 and cols[2].isdigit():
+            rows[(cols[0], cols[1])] = [int(c) for c in cols[2:]]
+    assert set(rows) == {("fp4_e2m1", "mul"), ("dialectfp4", "mul")}, out
+    for cells, transistors, nand2 in rows.values():
+        assert 0 < cells < transistors and nand2 == round(transistors / 4)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_generation_is_reproducible(tmp_path):

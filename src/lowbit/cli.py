@@ -462,12 +462,20 @@ def cmd_hdl_generate(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_hdl_report(args: argparse.Namespace, console: Console) -> None:
-    from lowbit.hdl.report import bar_chart, report
+    from lowbit.hdl.report import DEFAULT_UNITS, bar_chart, report
+    from lowbit.hdl.units import unit_for
     from lowbit.hdl.verify import missing_tools
 
+    units = DEFAULT_UNITS
+    if args.units:
+        units = tuple(tuple(u.split(":", 1)) for u in args.units)
+        for u, pair in zip(args.units, units):
+            if len(pair) != 2:
+                raise CliError(f"--units takes FORMAT:UNIT pairs, got {u!r}")
+            unit_for(formats.get(pair[0]), pair[1])  # an unknown or unsupported unit is a one-line error
     if missing_tools(["yosys"]):
         raise CliError("`lowbit hdl report` needs yosys on PATH (apt-get install yosys)")
-    rows = report()
+    rows = report(units)
     table = Table(title="Yosys + ABC (cmos2): cells, transistors, NAND2 equivalents")
     for col in ("format", "unit", "cells", "transistors", "nand2"):
         table.add_column(col, justify="left" if col in ("format", "unit") else "right")
@@ -540,13 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_hdl_generate)
     sub.add_argument("format", help="a registered format name")
     sub.add_argument("--unit", required=True,
-                     help="comma-separated units: decoder, encoder, mul, mul_expadd (element formats); dot, mac, quant, dequant (block formats); select_lut, select (formatbooks)")
+                     help="comma-separated units: decoder, encoder, mul, mul_expadd (element formats); dot, mac, quant, dequant (block formats); mul, dot, mac, select_lut, select (formatbooks)")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     sub.add_argument("--lang", default="verilog,vhdl", help="verilog, vhdl or both (default)")
     sub = hdl_commands.add_parser("report", help="synthesize the units with Yosys: cells, transistors, NAND2 equivalents",
                                   description="synthesize the units with Yosys: cells, transistors, NAND2 equivalents")
     sub.set_defaults(func=cmd_hdl_report)
     sub.add_argument("--png", type=Path, default=Path("hdl_report.png"), help="bar chart to write (default hdl_report.png)")
+    sub.add_argument("--units", nargs="+", metavar="FORMAT:UNIT",
+                     help="only these units, e.g. dialectfp4:dot mxfp4:dot (default: the list in docs/hardware.md)")
     return parser
 
 

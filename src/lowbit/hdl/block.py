@@ -1,4 +1,5 @@
-"""MyHDL block units: block dot products, a clocked MAC and the dialect selectors.
+"""MyHDL block units: block dot products, a clocked MAC, the dialect selectors and a
+formatbook's element multiplier.
 
 Ports carry a block as one flat bus, element i in bits [i*B + B - 1 : i*B].
 With N the block size, M the element magnitude width and TW = 2M + clog2(N) + 1:
@@ -17,6 +18,9 @@ dot (Formatbook)    a, b (sign + index codes), ida, idb (dialect ids), sa, sb
                     per index position, addressed by the id) and every element
                     muxes its magnitude out of that row. The scale format has no
                     NaN code; NaN blocks are marked outside the unit.
+mul (Formatbook)    a, b (sign + index codes), ida, idb -> sign (XOR of the code
+                    sign bits), mag[2G] (G the width of the largest dialect
+                    value): one element of the dot, grid^2 units.
 mac                 the dot unit plus registers, on the rising edge of clk:
                     rst clears; en adds the dot product. Float scales: acc +=
                     total * scale (exact). Power-of-two scales: the accumulator
@@ -219,11 +223,44 @@ def expand_row(dialect_id: Any, cols: Sequence[Any], book: Formatbook) -> Any:
     return [rom(dialect_id, col, tuple(r[j] for r in book.dialects) + (0,) * pad) for j, col in enumerate(cols)]
 
 
+def row_signals(book: Formatbook) -> tuple[list[Any], Any]:
+    """(cols, row): one signal per index position for ``expand_row`` and the row they make,
+    index 0 in the lowest bits."""
+    cols = [sig(dialect_mag_bits(book)) for _ in book.dialects[0]]
+    return cols, ConcatSignal(*reversed(cols))
+
+
+@block
+def sign_mag_product(sa: Any, ma: Any, sb: Any, mb: Any, sign: Any, mag: Any) -> Any:
+    @always_comb
+    def mul() -> None:
+        sign.next = sa ^ sb
+        mag.next = ma * mb
+
+    return mul
+
+
+@block
+def mul_formatbook(a: Any, b: Any, ida: Any, idb: Any, sign: Any, mag: Any, book: Formatbook) -> Any:
+    """Element multiplier of a formatbook: one element of ``dot_formatbook`` (each operand's
+    row expanded from its dialect id and muxed by its index), its exact product in grid^2
+    units and the XOR of the sign bits (a zero keeps its sign, as in the emulator)."""
+    ib, g = book.index_bits, dialect_mag_bits(book)
+    insts, signs, mags = [], [], []
+    for code, dialect_id in ((a, ida), (b, idb)):
+        cols, row = row_signals(book)
+        s, m = sig(1), sig(g)
+        insts += [expand_row(dialect_id, cols, book), dialect_element(code, row, s, m, ib, g)]
+        signs.append(s)
+        mags.append(m)
+    insts.append(sign_mag_product(signs[0], mags[0], signs[1], mags[1], sign, mag))
+    return insts
+
+
 @block
 def dot_formatbook(a: Any, b: Any, ida: Any, idb: Any, sa: Any, sb: Any, total: Any, exp: Any, book: Formatbook) -> Any:
     n, ib, g = book.block_size, book.index_bits, dialect_mag_bits(book)
-    cols_a, cols_b = [sig(g) for _ in book.dialects[0]], [sig(g) for _ in book.dialects[0]]
-    row_a, row_b = ConcatSignal(*reversed(cols_a)), ConcatSignal(*reversed(cols_b))
+    (cols_a, row_a), (cols_b, row_b) = row_signals(book), row_signals(book)
     insts: list[Any] = [expand_row(ida, cols_a, book), expand_row(idb, cols_b, book)]
     insts.append(add2(sa, sb, exp))
     terms = []

@@ -22,8 +22,10 @@ from lowbit.hdl.units import unit_for
 #: (format, unit) pairs of the default report.
 DEFAULT_UNITS = (
     ("int4", "mul"),
-    ("fp4_e2m1", "mul"),
+    ("fp4_e2m1", "mul"),  # the element of mxfp4 and nvfp4
     ("fp4_e2m1", "mul_expadd"),
+    ("dialectfp4", "mul"),
+    ("semantic_dialect", "mul"),
     ("mxfp4", "dot"),
     ("nvfp4", "dot"),
     ("mxfp4", "quant"),
@@ -31,8 +33,10 @@ DEFAULT_UNITS = (
     ("mxfp4", "dequant"),
     ("nvfp4", "dequant"),
     ("dialectfp4", "dot"),
+    ("semantic_dialect", "dot"),
     ("dialectfp4", "select"),
     ("dialectfp4", "select_lut"),
+    ("semantic_dialect", "select_lut"),
 )
 
 ABC_SCRIPT = "+strash;dch;map;topo"

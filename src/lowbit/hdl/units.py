@@ -7,7 +7,8 @@ float formats with gradual underflow, ``mul_expadd``. Block formats
 (BlockFormat, and Formatbook): ``dot`` and ``mac``; a BlockFormat also gets
 ``dequant`` and, with exact arithmetic and either a power-of-two scale and the
 ``floor`` rule or a float scale and the ``nearest`` rule, ``quant`` (see
-``blockquant``); a Formatbook also gets
+``blockquant``); a Formatbook also gets ``mul`` (the element multiplier: codes and
+dialect ids in, sign and exact product in grid^2 units out),
 ``select_lut`` (exhaustive least squares, the spec's ``lut`` rule) and, with
 two-stage selection, ``select``. A spec that does not fit a generic generator
 raises :class:`~lowbit.hdl.tables.Unsupported` with the reason.
@@ -168,6 +169,12 @@ def _formatbook_units(book: Formatbook) -> dict[str, Unit]:
         ),
     }
     units["mac"] = _mac_unit(book, ins)
+    units["mul"] = Unit(
+        module_name(book, "mul"), "mul",
+        (Port("a", ib + 1), Port("b", ib + 1), Port("ida", idb), Port("idb", idb), Port("sign", 1, True),
+         Port("mag", 2 * blk.dialect_mag_bits(book), True)),
+        blk.mul_formatbook, {"book": book},
+    )
     units["select_lut"] = Unit(
         module_name(book, "select_lut"), "select_lut",
         (Port("lv", n * blk.level_bits(book)), Port("dialect_id", idb, True)),
