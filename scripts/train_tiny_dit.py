@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--t-mean", type=float, default=0.0, help="mean of the logit-normal timesteps (below 0: nearer the data)")
     p.add_argument("--init", type=Path, default=None, help="checkpoint to start from when --work has no state")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,7 +89,7 @@ def main() -> None:
         captions = random_captions(args.batch, rng)
         x0 = random_videos(captions, rng).to(args.device)
         dropped = [None if u < 0.1 else c for c, u in zip(captions, rng.random(args.batch))]
-        t = torch.sigmoid(torch.randn(args.batch)).to(args.device)  # logit-normal timesteps
+        t = torch.sigmoid(torch.randn(args.batch) + args.t_mean).to(args.device)  # logit-normal timesteps
         noise = torch.randn_like(x0)
         tt = t.view(-1, 1, 1, 1, 1)
         v = model((1 - tt) * x0 + tt * noise, t, model.captions(dropped))
