@@ -78,14 +78,15 @@ LUT_MAX_SUM = 1 << 27  # column sums must stay below this: the key is (sum << 5)
 
 
 @intrinsic
-def lut_argmin(typingctx, table, arr, start, chunks, scale, top, truncate, levels, extra):
+def lut_argmin(typingctx, table, extra_rows, arr, start, chunks, scale, top, truncate, levels, extra):
     """argmin over the 32 columns d of the summed lookup-table rows of the block arr[start :
     start + 16 * chunks], ties to the lowest d. Element x has the level L = floor(t) (``truncate``
     nonzero) or rint(t), t = min(|x| * scale, top) (float32 arithmetic, as the scalar code); the
     elements go in pairs, lane j of each 16-float chunk with lane j + 8, and the pair (L1, L2)
     adds row L1 * ``levels`` + L2 of ``table``, which holds the sum of the two levels' rows.
-    ``extra`` >= 0 adds that row too (a sub-formatbook's penalty row). ``table`` is a
-    C-contiguous 1-D uint16 or uint32 array (rows of 32 entries), ``arr`` a C-contiguous 1-D
+    ``extra`` >= 0 adds row ``extra`` of ``extra_rows`` too (a sub-formatbook's penalty row).
+    ``table`` and ``extra_rows`` are C-contiguous 1-D arrays of one dtype, uint16 or uint32
+    (rows of 32 entries), ``arr`` a C-contiguous 1-D
     float32 array (the caller guarantees the range is inside it and holds no NaN or Inf).
     The sums saturate at 2^16 - 1 (uint16): the result is exact when the least sum stays below
     that, since every saturated sum is then larger; for uint32 every sum must stay below
@@ -96,38 +97,38 @@ def lut_argmin(typingctx, table, arr, start, chunks, scale, top, truncate, level
     the key (sum << 5) | d then orders by sum first and id second, so one
     ``vector.reduce.umin`` gives the argmin with its tie rule.
     """
-    ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (table, arr))
+    ok = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (table, extra_rows, arr))
     if not (ok and table.dtype in (types.uint16, types.uint32) and arr.dtype == types.float32):
         return None
-    if not (scale == types.float32 and top == types.float32):
+    if not (extra_rows.dtype == table.dtype and scale == types.float32 and top == types.float32):
         return None
     width = table.dtype.bitwidth
     i64t = types.int64
-    sig = types.int64(table, arr, i64t, i64t, types.float32, types.float32, i64t, i64t, i64t)
+    sig = types.int64(table, extra_rows, arr, i64t, i64t, types.float32, types.float32, i64t, i64t, i64t)
 
     def codegen(context, builder, signature, args):
         entry, i32, i64, f32 = ir.IntType(width), ir.IntType(32), ir.IntType(64), ir.FloatType()
-        tab = context.make_array(signature.args[0])(context, builder, args[0])
-        ary = context.make_array(signature.args[1])(context, builder, args[1])
+        tab, ext, ary = (context.make_array(signature.args[k])(context, builder, args[k]) for k in range(3))
+        start_, chunks_, scale_, top_, truncate_, levels_, extra_ = args[3:]
         vty = ir.VectorType(entry, LUT_WIDTH)
         vf, vi, half = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES), ir.VectorType(i32, LANES // 2)
-        scale_v, top_v = _splat(builder, args[4], vf), _splat(builder, args[5], vf)
-        levels_v = _splat(builder, builder.trunc(args[7], i32), half)
+        scale_v, top_v = _splat(builder, scale_, vf), _splat(builder, top_, vf)
+        levels_v = _splat(builder, builder.trunc(levels_, i32), half)
         unary = ir.FunctionType(vf, [vf])
         floor = cgutils.get_or_insert_function(builder.module, unary, f"llvm.floor.v{LANES}f32")
         rint = cgutils.get_or_insert_function(builder.module, unary, f"llvm.rint.v{LANES}f32")
         addsat = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty]), f"llvm.uadd.sat.v{LUT_WIDTH}i{width}"
         )
-        truncate = builder.icmp_signed("!=", args[6], i64(0))
+        truncate = builder.icmp_signed("!=", truncate_, i64(0))
         acc = cgutils.alloca_once_value(builder, ir.Constant(vty, [0] * LUT_WIDTH))
 
-        def add_row(row):
-            ptr = builder.bitcast(builder.gep(tab.data, [builder.mul(row, i64(LUT_WIDTH))]), vty.as_pointer())
+        def add_row(rows_of, row):
+            ptr = builder.bitcast(builder.gep(rows_of.data, [builder.mul(row, i64(LUT_WIDTH))]), vty.as_pointer())
             builder.store(builder.call(addsat, [builder.load(acc), builder.load(ptr, align=width // 8)]), acc)
 
-        with cgutils.for_range(builder, args[3]) as loop:
-            at = builder.add(args[2], builder.mul(loop.index, i64(LANES)))
+        with cgutils.for_range(builder, chunks_) as loop:
+            at = builder.add(start_, builder.mul(loop.index, i64(LANES)))
             ptr = builder.bitcast(builder.gep(ary.data, [at]), vi.as_pointer())
             mag = builder.and_(builder.load(ptr, align=4), ir.Constant(vi, [0x7FFFFFFF] * LANES))
             u = builder.fmul(builder.bitcast(mag, vf), scale_v)
@@ -137,9 +138,9 @@ def lut_argmin(typingctx, table, arr, start, chunks, scale, top, truncate, level
             hi = builder.shuffle_vector(lv, lv, ir.Constant(half, list(range(LANES // 2, LANES))))
             rows = builder.add(builder.mul(lo, levels_v), hi)
             for j in range(LANES // 2):
-                add_row(builder.sext(builder.extract_element(rows, i32(j)), i64))
-        with builder.if_then(builder.icmp_signed(">=", args[8], i64(0))):
-            add_row(args[8])
+                add_row(tab, builder.sext(builder.extract_element(rows, i32(j)), i64))
+        with builder.if_then(builder.icmp_signed(">=", extra_, i64(0))):
+            add_row(ext, extra_)
         wty = ir.VectorType(i32, LUT_WIDTH)
         sums = builder.zext(builder.load(acc), wty) if width < 32 else builder.load(acc)
         ids = ir.Constant(wty, list(range(LUT_WIDTH)))
