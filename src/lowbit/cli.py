@@ -40,7 +40,7 @@ from lowbit import formats
 from lowbit.checkpoint import layout_fields, read_safetensors, spec_json, tensor_layout
 from lowbit.emulate import BackendUnavailable, Quantized, available_backends, dequantize, quantize
 from lowbit.emulate.api import pack_codes
-from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, ExpScaleFormat, Formatbook
+from lowbit.formats.spec import BLOCK_SPECS, ExpScaleFormat, Formatbook
 from lowbit.registry import BUILTIN_PLUGINS, UnknownNameError, registry
 
 #: NVFP4's second-level scale is one float32 for the whole tensor.
