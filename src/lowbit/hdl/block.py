@@ -231,7 +231,9 @@ def row_signals(book: Formatbook) -> tuple[list[Any], Any]:
 
 
 @block
-def sign_mag_product(sa: Any, ma: Any, sb: Any, mb: Any, sign: Any, mag: Any) -> Any:
+def product_sm(sa: Any, ma: Any, sb: Any, mb: Any, sign: Any, mag: Any) -> Any:
+    """sign = sa XOR sb, mag = ma * mb."""
+
     @always_comb
     def mul() -> None:
         sign.next = sa ^ sb
@@ -253,7 +255,7 @@ def mul_formatbook(a: Any, b: Any, ida: Any, idb: Any, sign: Any, mag: Any, book
         insts += [expand_row(dialect_id, cols, book), dialect_element(code, row, s, m, ib, g)]
         signs.append(s)
         mags.append(m)
-    insts.append(sign_mag_product(signs[0], mags[0], signs[1], mags[1], sign, mag))
+    insts.append(product_sm(signs[0], mags[0], signs[1], mags[1], sign, mag))
     return insts
 
 

@@ -75,7 +75,7 @@ from myhdl import ConcatSignal, always_comb, block, intbv
 from fractions import Fraction
 
 from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat
-from lowbit.hdl.block import add2, any_set, copy, eq_const, max_tree, sig, slices
+from lowbit.hdl.block import add2, any_set, copy, eq_const, max_tree, product_sm, sig, slices
 from lowbit.hdl.element import decoder, encoder, float_fields, ge_const, ladder_code, ladder_rank, rank_bits, rank_table, rom
 from lowbit.hdl.tables import GUARD_BITS, Unsupported, element_tables
 
@@ -238,16 +238,6 @@ def dequant_mag_bits(spec: BlockFormat) -> int:
     if isinstance(spec.scale, ExpScaleFormat):
         return m
     return m + element_tables(spec.scale).mag_bits
-
-
-@block
-def product_sm(sa: Any, ma: Any, sb: Any, mb: Any, sign: Any, mag: Any) -> Any:
-    @always_comb
-    def mul() -> None:
-        mag.next = ma * mb
-        sign.next = sa ^ sb
-
-    return mul
 
 
 @block
