@@ -33,6 +33,7 @@ FAST_SPECS = [
     evolve(DIALECTFP4, name="dialectfp4_higher_id", pair_tie="higher_id"),
     evolve(DIALECTFP4, name="dialectfp4_b16", block_size=16),
     evolve(DIALECTFP4, name="dialectfp4_b64", block_size=64),
+    evolve(DIALECTFP4, name="dialectfp4_b48", block_size=48),  # weighted_count's loop (3 chunks)
     LUT,
     evolve(LUT, name="dialectfp4_lut_truncate", fixed_point="truncate"),
     evolve(LUT, name="dialectfp4_lut_b64", block_size=64),

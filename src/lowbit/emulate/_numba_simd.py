@@ -20,8 +20,8 @@ levels it computes in vector registers: the row loads and adds set its pace, and
 halving them made the lookup-table selection pass 1.1x-1.2x faster.
 
 The two_stage count of a 32-float block is a reduction of the same kind:
-``weighted_count`` keeps 16 int32 sums in one vector register (compare, select,
-add per threshold) and reduces them once per block.
+``weighted_count`` compares a whole block per threshold and counts the mask bits
+(``ctpop``), with no horizontal vector sum.
 """
 
 from __future__ import annotations
@@ -158,10 +158,16 @@ def weighted_count(typingctx, arr, start, chunks, scale, thresholds, weights):
     """sum over x in arr[start : start + 16 * chunks] and j of weights[j] * (|x| * scale >
     thresholds[j]). ``arr`` is a C-contiguous 1-D float32 array (the caller guarantees the
     range is inside it), ``scale`` a float32, ``thresholds`` and ``weights`` tuples of the
-    same length of float32 and int32. The 16 int32 lane sums must not overflow (the caller's
-    weights and block size bound them). Returns an int64.
+    same length of float32 and int32. Returns an int64.
 
     Every |x| * scale is one float32 multiply, as the caller's scalar code would round it.
+    Per threshold, the compare masks of the block's chunks are joined into one integer
+    (16, 32 or 64 bits) and counted with a popcount, so the block needs no horizontal
+    vector sum; blocks of 1, 2 or 4 chunks (16, 32, 64 floats) are unrolled, others loop
+    over their chunks. Against one vector of int32 sums reduced once per block, the
+    ``dialectfp4`` fake_quant kernel on a 4096 x 4096 float32 tensor measured 0.95x-1.01x
+    the time with one thread and 0.89x-0.97x with two (three alternating runs each); a
+    popcount per chunk in a loop instead of the unrolled block, 1.08x-1.09x slower.
     """
     ok = isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C" and arr.dtype == types.float32
     tuples = isinstance(thresholds, types.UniTuple) and isinstance(weights, types.UniTuple)
@@ -170,28 +176,53 @@ def weighted_count(typingctx, arr, start, chunks, scale, thresholds, weights):
     if thresholds.dtype != types.float32 or weights.dtype != types.int32:
         return None
     sig = types.int64(arr, types.int64, types.int64, scale, thresholds, weights)
+    unrolled = (1, 2, 4)
 
     def codegen(context, builder, signature, args):
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
         vf, vi = ir.VectorType(f32, LANES), ir.VectorType(i32, LANES)
         ary = context.make_array(signature.args[0])(context, builder, args[0])
-        zeros = ir.Constant(vi, [0] * LANES)
-
-        scale_v = _splat(builder, args[3], vf)
+        start_, chunks_, scale_ = args[1], args[2], args[3]
+        scale_v = _splat(builder, scale_, vf)
         cuts = [_splat(builder, builder.extract_value(args[4], j), vf) for j in range(len(thresholds))]
-        steps = [_splat(builder, builder.extract_value(args[5], j), vi) for j in range(len(weights))]
-        acc = cgutils.alloca_once_value(builder, zeros)
-        with cgutils.for_range(builder, args[2]) as loop:
-            at = builder.add(args[1], builder.mul(loop.index, i64(LANES)))
-            ptr = builder.bitcast(builder.gep(ary.data, [at]), vi.as_pointer())
-            mag = builder.and_(builder.load(ptr, align=4), ir.Constant(vi, [0x7FFFFFFF] * LANES))
-            u = builder.fmul(builder.bitcast(mag, vf), scale_v)
-            total = builder.load(acc)
+        steps = [builder.sext(builder.extract_value(args[5], j), i64) for j in range(len(weights))]
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+        result = cgutils.alloca_once_value(builder, i64(0))
+
+        def count(at, n):
+            """The weighted count of the n chunks from element ``at``."""
+            us = []
+            for c in range(n):
+                ptr = builder.bitcast(builder.gep(ary.data, [builder.add(at, i64(c * LANES))]), vi.as_pointer())
+                mag = builder.and_(builder.load(ptr, align=4), ir.Constant(vi, [0x7FFFFFFF] * LANES))
+                us.append(builder.fmul(builder.bitcast(mag, vf), scale_v))
+            total = i64(0)
             for cut, step in zip(cuts, steps):
-                total = builder.add(total, builder.select(builder.fcmp_ordered(">", u, cut), step, zeros))
-            builder.store(total, acc)
-        fnty = ir.FunctionType(i32, [vi])
-        reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.add.v{LANES}i32")
-        return builder.sext(builder.call(reduce, [builder.load(acc)]), i64)
+                masks = [builder.fcmp_ordered(">", u, cut) for u in us]
+                while len(masks) > 1:  # join pairs: <w x i1>, <w x i1> -> <2w x i1>
+                    width = masks[0].type.count
+                    join = ir.Constant(ir.VectorType(i32, 2 * width), list(range(2 * width)))
+                    masks = [builder.shuffle_vector(masks[k], masks[k + 1], join) for k in range(0, len(masks), 2)]
+                bits = builder.bitcast(masks[0], ir.IntType(n * LANES))
+                bits = builder.zext(bits, i64) if n * LANES < 64 else bits
+                total = builder.add(total, builder.mul(builder.call(popcount, [bits]), step))
+            return total
+
+        done = builder.append_basic_block("wc.done")
+        other = builder.append_basic_block("wc.loop")
+        switch = builder.switch(chunks_, other)
+        for n in unrolled:
+            block = builder.append_basic_block(f"wc.{n}")
+            switch.add_case(i64(n), block)
+            builder.position_at_end(block)
+            builder.store(count(start_, n), result)
+            builder.branch(done)
+        builder.position_at_end(other)
+        with cgutils.for_range(builder, chunks_) as loop:
+            at = builder.add(start_, builder.mul(loop.index, i64(LANES)))
+            builder.store(builder.add(builder.load(result), count(at, 1)), result)
+        builder.branch(done)
+        builder.position_at_end(done)
+        return builder.load(result)
 
     return sig, codegen
