@@ -45,9 +45,10 @@ the partial last block of a row go to the generic kernels. Why it is exact:
   (u >= l) under truncation and (u >= l - 1/2, > for odd l) under rint ties to even
   (l <= levels - 1, so the clamp at the top level changes nothing), one exact float32
   threshold each (``_threshold``). ``weighted_count`` counts them a block at a time
-  (popcounts of the compare masks); the dialect id is then computed without a branch (a branch on the
-  count's sign, taken half the time on Gaussian data, measured 1.25x slower). Up to
-  ``_CUTS`` steps per pair; formatbooks with more take the generic kernels.
+  (popcounts of the compare masks); the dialect id is then computed without a branch
+  (a branch on the count's sign, taken half the time on Gaussian data, measured 1.25x
+  slower). Up to ``_CUTS`` steps per pair; formatbooks with more take the generic
+  kernels.
 * lut: ERR rows (integers in (grid/4)^2 units, as the generic code) padded to 32
   columns with a cost per element above every real entry, summed for every pair of
   levels (``_lut_pairs``: ``lut_argmin`` adds one row per pair of elements); the level
