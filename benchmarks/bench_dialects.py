@@ -19,9 +19,14 @@ each laid out as rows of 128 so that blocks of 16, 32 and 64 tile them.
 Speed: the median time of ``lowbit.fake_quant`` on a size x size float32 Gaussian
 tensor (after a warm-up call, so compilation is excluded), the formats run in
 turn within each repetition so that all see the same machine load, each after a
-short pause; ratios are to ``mxfp4`` in the same run. ``dialectfp4_mse`` (no fast
-path) is timed with at most 3 repetitions. The load average before and after is
-reported.
+short pause. Two ratios to ``mxfp4`` are reported: the ratio of the medians, and
+the median over repetitions of the ratio within a repetition (``paired``: each
+format's call against the ``mxfp4`` call of the same repetition). On the shared VM
+of docs/performance.md one format's calls varied between about 10 and 18 ms within
+a run (the machine's speed changes over hundreds of milliseconds), which moves the
+ratio of the medians from run to run while the paired ratio cancels it; the speed
+targets are judged on the paired ratio. ``dialectfp4_mse`` (no fast path) is timed with at
+most 3 repetitions. The load average before and after is reported.
 
 Targets (issue 3): ``dialectfp4`` squared error at most 0.8x ``mxfp4`` on Gaussian
 and Laplace data; ``semantic_dialect`` below ``nvfp4`` (checked on all four
@@ -142,6 +147,7 @@ def speed(size: int, repeats: int) -> dict[str, Any]:
         "size": size,
         "median_s": med,
         "vs_mxfp4": {f: med[f] / med["mxfp4"] for f in fmts},
+        "paired_vs_mxfp4": {f: statistics.median(a / b for a, b in zip(t, times["mxfp4"])) for f, t in times.items()},
         "runs": {f: len(t) for f, t in times.items()},
         "skipped": missing,
     }
@@ -158,8 +164,8 @@ def targets(q: dict[str, Any], s: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for f, limit in SPEED_TARGETS.items():
         if f in s["skipped"]:
             continue
-        ratio = s["vs_mxfp4"][f]
-        out[f"{f} time <= {limit}x mxfp4"] = {"ratios": {"time": ratio}, "met": ratio <= limit}
+        ratio = s["paired_vs_mxfp4"][f]
+        out[f"{f} time <= {limit}x mxfp4"] = {"ratios": {"paired time": ratio}, "met": ratio <= limit}
     return out
 
 
@@ -181,9 +187,10 @@ def report(res: dict[str, Any]) -> str:
     gaps = ", ".join(f"{k} {100 * g:+.1f}%" for k, g in q["two_stage_gap"].items())
     lines += ["", f"two-stage (dialectfp4) over exhaustive (dialectfp4_mse) squared error: {gaps}", ""]
     lines += [f"fake_quant, {s['size']}x{s['size']} float32 (median):", ""]
-    lines += ["| format | ms | vs mxfp4 | runs |", "|---|---:|---:|---:|"]
+    lines += ["| format | ms | vs mxfp4 | paired vs mxfp4 | runs |", "|---|---:|---:|---:|---:|"]
     for f, t in s["median_s"].items():
-        lines.append(f"| `{f}` | {1e3 * t:.1f} | {s['vs_mxfp4'][f]:.2f}x | {s['runs'][f]} |")
+        ratios = f"{s['vs_mxfp4'][f]:.2f}x | {s['paired_vs_mxfp4'][f]:.2f}x"
+        lines.append(f"| `{f}` | {1e3 * t:.1f} | {ratios} | {s['runs'][f]} |")
     lines += ["", "targets:"]
     for name, t in res["targets"].items():
         ratios = ", ".join(f"{k} {v:.3f}" for k, v in t["ratios"].items())

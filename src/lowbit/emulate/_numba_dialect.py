@@ -103,7 +103,7 @@ from lowbit.emulate._numba_fast import (
     _threshold,
     threads_for,
 )
-from lowbit.emulate._numba_simd import LUT_MAX_SUM, LUT_WIDTH, lut_argmin, weighted_count
+from lowbit.emulate._numba_simd import LUT_MAX_SUM, LUT_WIDTH, lut_argmin, prefetch, weighted_count
 from lowbit.emulate.backends import Parts
 from lowbit.emulate.numba_backend import INF_BLOCKS, _block_scan, _exp_scale, _out_array, _pow2, _store
 from lowbit.formats.spec import Formatbook
@@ -115,6 +115,11 @@ _kernel = numba.njit(cache=True, nogil=True, parallel=True)
 SELECTIONS = {"mse": 0, "two_stage": 1, "lut": 2}
 _SAT16 = (1 << 16) - 1  # where lut_argmin's uint16 sums saturate
 _CUTS = 4  # two_stage fast path: at most this many steps of the count per pair
+# rows ahead that the selection loop prefetches (1, 2 and 3 measured alike); the dialectfp4
+# fake_quant kernel on 4096 x 4096 float32 takes 0.85x-0.90x the time with one thread,
+# 0.89x-0.92x with two (docs/performance.md); prefetching the output row for writing as
+# well was slower
+_AHEAD = 2
 _SPLIT = 30
 _LOW = (1 << _SPLIT) - 1
 
@@ -503,7 +508,8 @@ def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, cut, weight,
     (blocks holding NaN or Inf, and the partial last block, are marked in ``left``). Two
     loops: the exponents (and two_stage pairs, kept in ``ids`` meanwhile), then the
     selections, which no longer wait on one another's exponent: measured 1.25x faster
-    than one loop doing both.
+    than one loop doing both. The selection loop computes on a row already in cache, so
+    it prefetches row i + ``_AHEAD`` meanwhile (see ``_AHEAD``).
     ``penalty`` >= 0: lut selection adds row penalty + sub[i, b] of ``pens`` to each block's
     sums (the sub-formatbook's penalty row, see ``_penalty_table``)."""
     xr = x[i]
@@ -522,7 +528,11 @@ def _select_row(x, left, scale_codes, scales, ids, i, bp, fp, pair, cut, weight,
         scales[i, b] = _pow2(k)
         if fp[0] == 1:  # two_stage: the pair from the top level
             ids[i, b] = pair[np.int64(_level32(_bits_f32(m) * np.float32(_pow2(fp[7] - k)), top, truncate)) >> 1]
+    ahead = _AHEAD * xr.size if i + _AHEAD < x.shape[0] else -1
     for b in range(xr.size // bs):
+        if ahead >= 0:
+            for c in range(0, bs, _LANES):
+                prefetch(xr, ahead + b * bs + c)
         if left[i, b]:
             continue
         inv = np.float32(_pow2(fp[7] - (np.int64(scale_codes[i, b]) - bp[5])))

@@ -22,6 +22,9 @@ halving them made the lookup-table selection pass 1.1x-1.2x faster.
 The two_stage count of a 32-float block is a reduction of the same kind:
 ``weighted_count`` compares a whole block per threshold and counts the mask bits
 (``ctpop``), with no horizontal vector sum.
+
+``prefetch`` asks for a cache line ahead of time (``llvm.prefetch``): a loop that
+computes on data already in cache can have later rows fetched meanwhile.
 """
 
 from __future__ import annotations
@@ -68,6 +71,27 @@ def max_abs_bits(typingctx, arr, start, limit):
         reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.umax.v{lanes}i{width}")
         m = builder.call(reduce, [v])
         return builder.zext(m, ir.IntType(64)) if width < 64 else m
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Hint that the cache line holding arr[index] will be read soon: ``llvm.prefetch``
+    (read, locality 2: into the outer caches, not only L1). ``arr`` is a C-contiguous 1-D
+    array and ``index`` may lie past its end as long as it is inside the buffer that holds
+    it; nothing is read and nothing can fault."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        return None
+    sig = types.void(arr, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(builder.gep(ary.data, [args[1]]), i8p), i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
