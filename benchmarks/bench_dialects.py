@@ -25,8 +25,8 @@ format's call against the ``mxfp4`` call of the same repetition). On the shared 
 of docs/performance.md one format's calls varied between about 10 and 18 ms within
 a run (the machine's speed changes over hundreds of milliseconds), which moves the
 ratio of the medians from run to run while the paired ratio cancels it; the speed
-targets are judged on the paired ratio. ``dialectfp4_mse`` (no fast path) is timed with at
-most 3 repetitions. The load average before and after is reported.
+targets are judged on the paired ratio. ``dialectfp4_mse`` (no fast path) is timed
+with at most 3 repetitions. The load average before and after is reported.
 
 Targets (issue 3): ``dialectfp4`` squared error at most 0.8x ``mxfp4`` on Gaussian
 and Laplace data; ``semantic_dialect`` below ``nvfp4`` (checked on all four

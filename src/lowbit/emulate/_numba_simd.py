@@ -80,7 +80,7 @@ def prefetch(typingctx, arr, index):
     """Hint that the cache line holding arr[index] will be read soon: ``llvm.prefetch``
     (read, locality 2: into the outer caches, not only L1). ``arr`` is a C-contiguous 1-D
     array and ``index`` may lie past its end as long as it is inside the buffer that holds
-    it; nothing is read and nothing can fault."""
+    it. A hint only: it changes no result and cannot fault."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
         return None
     sig = types.void(arr, types.int64)
