@@ -4,18 +4,22 @@
 ``PYTHONHASHSEED=0`` (MyHDL's output depends on set order and on instance
 counters that live for the whole process) and replaces MyHDL's header (which
 holds the date and the output path) with one that names the unit, the format
-and the versions. The same request gives the same bytes.
+and the versions. The same request gives the same bytes. The specs travel to
+the child pickled, so a format registered at run time, or a spec that was never
+registered, converts as well as one an entry point brings.
 
-Run as ``python src/lowbit/hdl/convert.py OUT_DIR LANGS FORMAT:UNIT ...``.
+The child is this file run as a script, with the pickled request on standard
+input.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 LANGS = ("verilog", "vhdl")
 _SUFFIX = {"verilog": ".v", "vhdl": ".vhd"}
@@ -44,13 +48,12 @@ def _strip_myhdl_header(text: str, lang: str) -> str:
     return "".join(lines[i:])
 
 
-def _convert_here(out: Path, langs: Sequence[str], requests: Sequence[tuple[str, str]]) -> None:
-    from lowbit import formats
+def _convert_here(out: Path, langs: Sequence[str], requests: Sequence[tuple[Any, str]]) -> None:
     from lowbit.hdl.units import unit_for
 
     out.mkdir(parents=True, exist_ok=True)
-    for fmt, kind in requests:
-        unit = unit_for(formats.get(fmt), kind)
+    for spec, kind in requests:
+        unit = unit_for(spec, kind)
         for lang in langs:
             inst = unit.instance()
             if lang == "verilog":
@@ -58,17 +61,18 @@ def _convert_here(out: Path, langs: Sequence[str], requests: Sequence[tuple[str,
             else:
                 inst.convert(hdl="VHDL", path=str(out), name=unit.module)
             path = out / f"{unit.module}{_SUFFIX[lang]}"
-            path.write_text(_header(lang, unit.module, fmt, kind) + _strip_myhdl_header(path.read_text(), lang))
+            path.write_text(_header(lang, unit.module, spec.name, kind) + _strip_myhdl_header(path.read_text(), lang))
     if "vhdl" in langs:
         pkg = out / PACKAGE_VHDL
         pkg.write_text("-- MyHDL's support package for the generated VHDL.\n" + _strip_myhdl_header(pkg.read_text(), "vhdl"))
 
 
-def generate(requests: Sequence[tuple[str, str]], out: Path, langs: Sequence[str] = LANGS) -> list[Path]:
-    """Write the (format name, unit kind) ``requests`` to ``out`` in a fresh process.
+def generate(requests: Sequence[tuple[Any, str]], out: Path, langs: Sequence[str] = LANGS) -> list[Path]:
+    """Write the (format name or spec, unit kind) ``requests`` to ``out`` in a fresh process.
 
-    Returns the files written. Raises ``ValueError`` (with the child's message)
-    when a format is unknown or does not fit the generators.
+    Returns the files written. An unknown format name raises
+    ``lowbit.registry.UnknownNameError`` and a unit the format does not have
+    ``lowbit.hdl.tables.Unsupported``, both before anything is converted.
     """
     bad = [lang for lang in langs if lang not in LANGS]
     if bad:
@@ -76,28 +80,28 @@ def generate(requests: Sequence[tuple[str, str]], out: Path, langs: Sequence[str
     from lowbit import formats
     from lowbit.hdl.units import unit_for
 
-    modules = [unit_for(formats.get(fmt), kind).module for fmt, kind in requests]  # fail fast, in this process
+    specs = [(formats.resolve(fmt), kind) for fmt, kind in requests]
+    modules = [unit_for(spec, kind).module for spec, kind in specs]  # fail fast, in this process
     env = dict(os.environ, PYTHONHASHSEED="0")
     # run this file as a script, not with -m: MyHDL calls inspect.stack() for
     # every instance, and each frame without a source file on disk (runpy's,
     # under -m) costs a scan of sys.modules, which made a block unit take
     # several times longer to convert
-    cmd = [sys.executable, "-W", "ignore", __file__, str(out), ",".join(langs)]
-    cmd += [f"{fmt}:{kind}" for fmt, kind in requests]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    payload = pickle.dumps((str(out), list(langs), specs))
+    res = subprocess.run([sys.executable, "-W", "ignore", __file__], input=payload, env=env, capture_output=True)
     if res.returncode != 0:
-        raise RuntimeError(f"HDL conversion failed:\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"HDL conversion failed:\n{res.stderr.decode(errors='replace')[-3000:]}")
     files = [out / f"{m}{_SUFFIX[lang]}" for m in modules for lang in langs]
     return files + ([out / PACKAGE_VHDL] if "vhdl" in langs else [])
 
 
-def main(argv: Sequence[str]) -> None:
-    out, langs, *reqs = argv
-    _convert_here(Path(out), langs.split(","), [tuple(r.rsplit(":", 1)) for r in reqs])  # type: ignore[misc]
+def main() -> None:
+    out, langs, specs = pickle.load(sys.stdin.buffer)
+    _convert_here(Path(out), langs, specs)
 
 
 if __name__ == "__main__":
     # run as a script (see generate): this file's folder must not shadow top-level modules
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
         del sys.path[0]
-    main(sys.argv[1:])
+    main()
