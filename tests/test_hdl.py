@@ -401,8 +401,8 @@ def test_mac_accumulates_block_dots(name, hdl, tmp_path):
     in_names = {p.name for p in unit.ports if not p.out}
     flags = {p.name: (0, FULL) for p in unit.ports if p.name in ("nan", "ovf")}
 
-    # block exponents within +-6: the scale sums of a sequence then span at most
-    # MAC_SHIFT = 24 binades, the range the accumulator aligns without its ovf flag
+    # block exponents within +-6 keep the scale sums of the drawn sequences within the
+    # MAC_SHIFT = 24 binades the accumulator aligns without its ovf flag (asserted below)
     block = block_strategy(spec.block_size, exps=6)
 
     @settings(max_examples=2, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
