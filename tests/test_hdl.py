@@ -434,6 +434,43 @@ def test_mac_accumulates_block_dots(name, hdl, tmp_path):
     run_everywhere(unit, collected, hdl(name), tmp_path)
 
 
+@pytest.mark.parametrize("name", ["mxfp4", "dialectfp4"])
+def test_mac_flags_an_exponent_gap_above_mac_shift(name, hdl, tmp_path):
+    """Power-of-two scales: a dot whose exponent sum lies more than MAC_SHIFT above or
+    below the accumulator's sets the sticky ovf flag; a gap of exactly MAC_SHIFT still
+    adds exactly; reset clears the flag."""
+    spec = formats.get(name)
+    unit = unit_for(spec, "mac")
+    in_names = {p.name for p in unit.ports if not p.out}
+    nan = {"nan": (0, FULL)} if "nan" in {p.name for p in unit.ports} else {}
+    vals = [(-1.0) ** j * (j % 7 + 1) * 0.75 for j in range(spec.block_size)]
+    h = MAC_SHIFT // 2
+    ks = [(0, 0), (h, h), (h + 1, h), (-h - 1, -h), (-h, -h)]  # block exponents of a and b
+    vectors, dots = vectors_for(spec, [((vals, ka), (vals[::-1], kb)) for ka, kb in ks])
+    e0, t0, t1, t4 = dots[0][3], dots[0][2], dots[1][2], dots[4][2]
+    assert [d[3] - e0 for d in dots] == [0, MAC_SHIFT, MAC_SHIFT + 1, -MAC_SHIFT - 1, -MAC_SHIFT] and t0 and t1 and t4
+    ins = [{k: v[k] for k in in_names if k in v} for v in vectors]
+
+    def out(acc, acc_exp, ovf):
+        exact = ovf == 0  # once a dot was dropped the sum is not exact: acc is not compared
+        return {"acc": (acc, FULL if exact else 0), "acc_exp": (acc_exp, FULL if exact else 0), "ovf": (ovf, FULL), **nan}
+
+    reset = {**ins[0], "rst": 1, "en": 0, **out(0, 0, 0)}
+    seq = [reset,  # gaps of MAC_SHIFT and MAC_SHIFT + 1 below, then above, each after a reset
+           {**ins[0], "rst": 0, "en": 1, **out(t0, e0, 0)},
+           {**ins[4], "rst": 0, "en": 1, **out((t0 << MAC_SHIFT) + t4, e0 - MAC_SHIFT, 0)},
+           reset,
+           {**ins[0], "rst": 0, "en": 1, **out(t0, e0, 0)},
+           {**ins[3], "rst": 0, "en": 1, **out(0, 0, 1)},
+           reset,
+           {**ins[0], "rst": 0, "en": 1, **out(t0, e0, 0)},
+           {**ins[1], "rst": 0, "en": 1, **out(t0 + (t1 << MAC_SHIFT), e0, 0)},
+           {**ins[2], "rst": 0, "en": 1, **out(0, 0, 1)},
+           {**ins[0], "rst": 0, "en": 1, **out(0, 0, 1)},  # sticky
+           reset]
+    run_everywhere(unit, seq, hdl(name), tmp_path)
+
+
 # ---------------------------------------------------------------------------
 # block quantizer and dequantizer
 
