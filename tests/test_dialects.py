@@ -308,6 +308,40 @@ def test_a_mask_selects_the_least_objective_among_the_allowed(spec: Formatbook) 
                 assert got == best, (i, b, list(allowed))
 
 
+@pytest.mark.parametrize("spec", MASKED, ids=lambda s: s.name)
+def test_per_position_masks_restrict_each_block_position(spec: Formatbook) -> None:
+    # masks (sub-formatbooks, block positions, dialects) with one id per row: the block at
+    # position p of a row with sub-formatbook s picks among masks[s, p]; the same as a 2-D
+    # table with one row per (s, p) and that row's index given for every block
+    rng = np.random.default_rng(25)
+    nd = len(spec.dialects)
+    x = rng.laplace(size=(8, 96)).astype(np.float32)
+    masks = np.zeros((3, 3, nd), bool)
+    for s_ in range(3):
+        for pos in range(3):
+            masks[s_, pos, rng.choice(nd, 1 + 2 * pos, replace=False)] = True
+    ids = rng.integers(0, 3, (8, 1))
+    sb = SubFormatbooks(masks=masks, ids=ids)
+    q = lowbit.quantize(x, spec, subbooks=sb)
+    for i in range(8):
+        for pos in range(3):
+            assert masks[ids[i, 0], pos, q.dialect_ids[i, pos]], (i, pos)
+    flat = SubFormatbooks(masks=masks.reshape(9, nd), ids=ids * 3 + np.arange(3))
+    ref = lowbit.quantize(x, spec, backend="reference", subbooks=flat)
+    np.testing.assert_array_equal(q.dialect_ids, ref.dialect_ids)
+    np.testing.assert_array_equal(q.unpacked_codes(), ref.unpacked_codes())
+    np.testing.assert_array_equal(lowbit.fake_quant(x, spec, subbooks=sb), lowbit.dequantize(ref))
+    # storage: indices within the block's list (at most 5 allowed: 3 bits), one 2-bit id per
+    # row, the whole 3 x 3 x nd table
+    f = q.packed_fields()
+    local = unpack_bits(f["dialect_ids"], 3, 24).reshape(8, 3)
+    np.testing.assert_array_equal(sb.global_ids(np.broadcast_to(ids, (8, 3)), local), q.dialect_ids)
+    np.testing.assert_array_equal(unpack_bits(f["subbook_ids"], 2, 8), ids.ravel())
+    np.testing.assert_array_equal(unpack_bits(f["subbook_masks"], 1, 9 * nd).reshape(3, 3, nd), masks)
+    with pytest.raises(ValueError, match="3 block positions"):
+        lowbit.quantize(x[:, :64], spec, subbooks=sb)
+
+
 def test_subbook_ids_follow_the_block_axis() -> None:
     # x (channels, tokens) blocked along axis 0: ids of shape (1, tokens) give one
     # sub-formatbook per token, the same as the transposed tensor with ids (tokens, 1)
@@ -371,6 +405,12 @@ def test_bad_subbooks(fmt: str, subbooks: object, exc: type, match: str) -> None
 def test_bad_subformatbook_tables() -> None:
     with pytest.raises(ValueError, match="allow none"):
         SubFormatbooks(masks=np.zeros((2, 4), bool), ids=0)
+    one_position_empty = np.ones((2, 3, 4), bool)
+    one_position_empty[1, 2] = False
+    with pytest.raises(ValueError, match=r"\[\[1, 2\]\] allow none"):
+        SubFormatbooks(masks=one_position_empty, ids=0)
+    with pytest.raises(ValueError, match="bool array"):
+        SubFormatbooks(masks=np.ones((2, 3, 4, 5), bool), ids=0)
     with pytest.raises(ValueError, match="bool"):
         SubFormatbooks(masks=np.ones((2, 4), int), ids=0)
     with pytest.raises(ValueError, match=r"\[0, 2\)"):

@@ -192,15 +192,21 @@ def test_decomposition_keeps_dtype_and_leading_dims() -> None:
 # SeDA
 
 
-def _expected_subbooks(x: torch.Tensor, groups: np.ndarray, n_groups: int, k: int) -> list[list[list[int]]]:
-    """Per batch item and group: the k dialects its blocks choose most without restriction."""
+def _most_used(ids: np.ndarray, k: int) -> list[int]:
+    counts = np.bincount(ids.ravel(), minlength=N_DIALECTS)
+    return sorted(sorted(range(N_DIALECTS), key=lambda d: (-counts[d], d))[:k])
+
+
+def _expected_subbooks(x: torch.Tensor, groups: np.ndarray, n_groups: int, k: int, per_position: bool = False) -> list:
+    """Per batch item and group: the k dialects its blocks choose most without restriction;
+    ``per_position``: such a list for each block position along the channels."""
     ids = np.asarray(lowbit.quantize(x, FMT, axis=-1).dialect_ids).reshape(groups.shape + (-1,))
     out = []
     for b in range(groups.shape[0]):
         row = []
         for g in range(n_groups):
-            counts = np.bincount(ids[b][groups[b] == g].ravel(), minlength=N_DIALECTS)
-            row.append(sorted(sorted(range(N_DIALECTS), key=lambda d: (-counts[d], d))[:k]))
+            mine = ids[b][groups[b] == g]  # (tokens of the group, blocks)
+            row.append([_most_used(mine[:, p], k) for p in range(mine.shape[1])] if per_position else _most_used(mine, k))
         out.append(row)
     return out
 
@@ -208,7 +214,7 @@ def _expected_subbooks(x: torch.Tensor, groups: np.ndarray, n_groups: int, k: in
 def test_seda_sub_formatbooks_are_the_most_used_dialects() -> None:
     q, k = _qk(8)
     x = _activations(8)
-    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4))
+    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4, per_position=False))
     st.observe_attention("attn", q, k, step=0)
     y, stats, applied = st.quantize("blk.0.ff", "attn", x, step=0)
     assert applied == "seda"
@@ -226,6 +232,37 @@ def test_seda_sub_formatbooks_are_the_most_used_dialects() -> None:
             assert set(chosen[b, t].tolist()) <= set(expected[b][groups[b, t]])
     np.testing.assert_array_equal(stats.dialect_counts, np.bincount(chosen.ravel(), minlength=N_DIALECTS))
     assert not np.array_equal(y.numpy(), lowbit.fake_quant(x, FMT, axis=-1).numpy())  # the restriction did something
+
+
+def test_seda_per_position_keeps_a_list_per_block_position() -> None:
+    q, k = _qk(8)
+    x = _activations(8)  # (2, 16, 64): two blocks per token
+    assert SeDA().per_position  # the default
+    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4))
+    st.observe_attention("attn", q, k, step=0)
+    y, stats, applied = st.quantize("blk.0.ff", "attn", x, step=0)
+    assert applied == "seda"
+    groups = st.attention_state("attn").groups.numpy()
+    expected = _expected_subbooks(x, groups, 3, 4, per_position=True)
+    assert st.describe()["attn"]["subformatbooks"]["blk.0.ff"]["dialects"] == expected
+    assert expected != [[[lists[0]] * 2 for lists in per_batch] for per_batch in expected]  # the positions differ somewhere
+
+    masks = np.zeros((6, 2, N_DIALECTS), bool)
+    for b, per_batch in enumerate(expected):
+        for g, per_position in enumerate(per_batch):
+            for p, allowed in enumerate(per_position):
+                masks[b * 3 + g, p, allowed] = True
+    sub = torch.from_numpy(np.arange(2)[:, None] * 3 + groups)[..., None]
+    q1 = lowbit.quantize(x, FMT, axis=-1, subbooks=SubFormatbooks(masks=masks, ids=sub))
+    torch.testing.assert_close(y, lowbit.dequantize(q1), rtol=0, atol=0)
+    chosen = np.asarray(q1.dialect_ids).reshape(2, 16, 2)
+    for b in range(2):
+        for t in range(16):
+            for p in range(2):
+                assert chosen[b, t, p] in expected[b][groups[b, t]][p]
+    per_token = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4, per_position=False))
+    per_token.observe_attention("attn", q, k, step=0)
+    assert not np.array_equal(y.numpy(), per_token.quantize("blk.0.ff", "attn", x, step=0)[0].numpy())
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +317,7 @@ def test_token_slice_uses_the_groups_of_the_slice() -> None:
     _, groups = _expected_groups(_probabilities(q, k), 3)
     tokens = slice(9, 16)
     assert not np.array_equal(groups[:, tokens], groups[:, :7])
-    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4))
+    st = SemanticState(FMT, None, SeDA(anchors=3, dialects_per_group=4, per_position=False))
     st.observe_attention("attn", q, k, step=0)
     x = _activations(31, (2, 7, 64))
     y, _, applied = st.quantize("blk.ff_context", "attn", x, step=0, tokens=tokens)
@@ -303,7 +340,7 @@ def test_refresh_schedule_and_sub_formatbook_cache() -> None:
     q2, k2 = _qk(11)
     sal1 = _probabilities(q1, k1).mean(dim=(1, 2))
     sal2 = _probabilities(q2, k2).mean(dim=(1, 2))
-    st = SemanticState(FMT, Decomposition(), SeDA(anchors=3, dialects_per_group=4, refresh_every=3))
+    st = SemanticState(FMT, Decomposition(), SeDA(anchors=3, dialects_per_group=4, refresh_every=3, per_position=False))
     x1 = _activations(12)
     x2 = torch.from_numpy(np.random.default_rng(13).uniform(-1, 1, size=(2, 16, 64)).astype(np.float32))
 
@@ -360,10 +397,12 @@ def test_decomposition_alone_refreshes_every_step() -> None:
         (None, None, 2048 * 4 + 64 * 5 + 64 * 5),
         # + residual of ceil(0.25 * 16) = 4 tokens per item: 512 elements, 16 blocks
         (Decomposition(fraction=0.25), None, 8832 + 512 * 4 + 16 * 5 + 16 * 5),
-        # SeDA, 3 anchors x 2 items = 6 sub-formatbooks of 4 dialects: a 2-bit index per
+        # SeDA per token, 3 anchors x 2 items = 6 sub-formatbooks of 4 dialects: a 2-bit index per
         # block instead of 5 bits, a 3-bit sub-formatbook id per token, 6 x 32 mask bits
-        (None, SeDA(anchors=3, dialects_per_group=4), 2048 * 4 + 64 * 5 + 64 * 2 + 32 * 3 + 6 * 32),
-        (Decomposition(fraction=0.25), SeDA(anchors=3, dialects_per_group=4), 8928 + 2208),
+        (None, SeDA(anchors=3, dialects_per_group=4, per_position=False), 2048 * 4 + 64 * 5 + 64 * 2 + 32 * 3 + 6 * 32),
+        (Decomposition(fraction=0.25), SeDA(anchors=3, dialects_per_group=4, per_position=False), 8928 + 2208),
+        # per block position (the default): the same ids, a mask table of 6 x 2 positions x 32 bits
+        (None, SeDA(anchors=3, dialects_per_group=4), 2048 * 4 + 64 * 5 + 64 * 2 + 32 * 3 + 6 * 2 * 32),
     ],
 )
 def test_bits_by_hand(decomposition: Decomposition | None, seda: SeDA | None, bits: int) -> None:

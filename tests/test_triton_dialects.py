@@ -131,6 +131,9 @@ def test_sub_formatbooks(spec: Formatbook) -> None:
     _compare(spec, x, seed=0, out_kinds=("float32",), subbooks=_subbooks(nd, rng.integers(0, 4, (6, 1)), rng))
     sb = _subbooks(nd, rng.integers(0, 4, (6, 4)), rng)
     _compare(spec, x, seed=0, out_kinds=("bfloat16",), subbooks=sb)
+    # one id per row and a list per block position (the 4 blocks of a row)
+    per_position = np.stack([_subbooks(nd, 0, rng).masks for _ in range(4)], axis=1)
+    _compare(spec, x, seed=0, out_kinds=("float32",), subbooks=SubFormatbooks(masks=per_position, ids=rng.integers(0, 4, (6, 1))))
     # the restriction is in force: a block's dialect is one its sub-formatbook allows
     q = lowbit.quantize(torch.from_numpy(x), spec, backend="triton", subbooks=sb).cpu()
     ok = ~np.isnan(q.scales)

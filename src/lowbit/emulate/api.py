@@ -49,10 +49,13 @@ def _bits_for(count: int) -> int:
 
 def _bool_table(masks: Any) -> np.ndarray:
     m = np.asarray(masks)
-    if m.dtype != np.bool_ or m.ndim != 2 or 0 in m.shape:
-        raise ValueError(f"masks must be a non-empty 2-D bool array (sub-formatbooks, dialects), got {m.dtype} {m.shape}")
-    if not m.any(axis=1).all():
-        raise ValueError(f"every sub-formatbook must allow a dialect; rows {np.flatnonzero(~m.any(axis=1)).tolist()} allow none")
+    if m.dtype != np.bool_ or m.ndim not in (2, 3) or 0 in m.shape:
+        raise ValueError(
+            "masks must be a non-empty bool array (sub-formatbooks, dialects) or "
+            f"(sub-formatbooks, block positions, dialects), got {m.dtype} {m.shape}"
+        )
+    if not m.any(axis=-1).all():
+        raise ValueError(f"every sub-formatbook must allow a dialect; {np.argwhere(~m.any(axis=-1)).tolist()} allow none")
     return m
 
 
@@ -68,12 +71,17 @@ class SubFormatbooks:
     """Per block, the set of dialects a Formatbook's selection may choose from.
 
     masks  bool (sub-formatbooks, dialects): ``masks[s, d]`` allows dialect d in
-           sub-formatbook s; every sub-formatbook allows at least one dialect
+           sub-formatbook s; or (sub-formatbooks, block positions, dialects):
+           ``masks[s, p, d]`` allows dialect d to the block at position p along
+           the block axis (p < the number of blocks there) of sub-formatbook s, so
+           one id per token can give each of the token's blocks its own list.
+           Every sub-formatbook (and position) allows at least one dialect.
     ids    integers in [0, sub-formatbooks): the sub-formatbook of each block,
            broadcastable to the block grid (``x``'s shape with the block axis
            length replaced by the number of blocks); e.g. shape (tokens, 1) gives
            one sub-formatbook per token of a (tokens, channels) activation. Stored
-           as given: that is the granularity whose ids are counted in storage.
+           as given: that is the granularity whose ids are counted in storage,
+           and the whole mask table is stored with them.
     """
 
     masks: np.ndarray = field(converter=_bool_table)
@@ -102,17 +110,32 @@ class SubFormatbooks:
     @property
     def index_bits(self) -> int:
         """Bits of a block's dialect as stored: its index within its sub-formatbook."""
-        return _bits_for(int(self.masks.sum(axis=1).max()))
+        return _bits_for(int(self.masks.sum(axis=-1).max()))
+
+    @property
+    def table(self) -> np.ndarray:
+        """The masks as a 2-D table: one row per sub-formatbook, or per (sub-formatbook, position)."""
+        return self.masks.reshape(-1, self.masks.shape[-1])
+
+    def rows(self, sub: np.ndarray) -> np.ndarray:
+        """The :attr:`table` row of every block, from the sub-formatbook ids of a (rows, blocks) grid."""
+        if self.masks.ndim == 2:
+            return sub
+        positions = self.masks.shape[1]
+        if sub.shape[-1] != positions:
+            raise ValueError(f"the masks hold {positions} block positions; the block grid has {sub.shape[-1]} blocks along the block axis")
+        return sub * positions + np.arange(positions, dtype=sub.dtype)
 
     def local_ids(self, sub: np.ndarray, dialect_ids: np.ndarray) -> np.ndarray:
-        """Each block's dialect as its index among the dialects its sub-formatbook allows."""
-        rank = np.cumsum(self.masks, axis=1) - 1
-        return rank[sub, dialect_ids].astype(np.uint8)
+        """Each block's dialect as its index among the dialects its sub-formatbook allows
+        (``sub``: the sub-formatbook ids of a (rows, blocks) grid)."""
+        rank = np.cumsum(self.table, axis=1) - 1
+        return rank[self.rows(sub), dialect_ids].astype(np.uint8)
 
     def global_ids(self, sub: np.ndarray, local: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`local_ids`."""
-        order = np.argsort(~self.masks, axis=1, kind="stable")  # allowed dialects first, in id order
-        return order[sub, local].astype(np.uint8)
+        order = np.argsort(~self.table, axis=1, kind="stable")  # allowed dialects first, in id order
+        return order[self.rows(sub), local].astype(np.uint8)
 
 
 @frozen(kw_only=True)
@@ -442,10 +465,10 @@ def _subbooks_for(spec: Any, subbooks: Any, shape: tuple[int, ...], axis: int, x
             f"format {spec.name!r} selects by two_stage, which picks from a fixed pair; "
             "sub-formatbooks need mse or lut selection"
         )
-    if subbooks.masks.shape[1] != len(spec.dialects):
-        raise ValueError(f"the masks have {subbooks.masks.shape[1]} columns; format {spec.name!r} has {len(spec.dialects)} dialects")
+    if subbooks.masks.shape[-1] != len(spec.dialects):
+        raise ValueError(f"the masks have {subbooks.masks.shape[-1]} columns; format {spec.name!r} has {len(spec.dialects)} dialects")
     grid = (x2.shape[0], -(-x2.shape[1] // spec.block_size))
-    return {"subbooks": (subbooks.masks, _block_layout(subbooks.ids, shape, axis, grid))}
+    return {"subbooks": (subbooks.table, subbooks.rows(_block_layout(subbooks.ids, shape, axis, grid)))}
 
 
 def _check_backend_name(backend: str, data: Any) -> str:

@@ -42,10 +42,14 @@ Sub-formatbooks (``SeDA``)
     state was refreshed: x is quantized without restriction, and each group's
     sub-formatbook is the ``min(dialects_per_group, dialects)`` dialects its
     blocks chose most (ties to the lower dialect id; a group whose blocks use
-    fewer dialects is filled with unused ones in id order). The masks are cached
+    fewer dialects is filled with unused ones in id order). With
+    ``SeDA.per_position`` a group keeps one such list per block position along
+    the channels, chosen from the blocks at that position (blocks at different
+    channel positions can have different distributions). The masks are cached
     until the next refresh. x is then quantized with :class:`SubFormatbooks`: one
     sub-formatbook id per token (``b * groups + g``), broadcast over that token's
-    blocks. Needs a Formatbook activation format with ``mse`` or ``lut``
+    blocks (with ``per_position``, a mask table of (groups, positions, dialects)).
+    Needs a Formatbook activation format with ``mse`` or ``lut``
     selection (``two_stage`` picks from a fixed pair and cannot be restricted).
 Refresh schedule
     An attention module's state (saliency, salient tokens, anchors, groups) is
@@ -119,14 +123,18 @@ class SeDA:
 
     ``anchors`` most-attended tokens each lead a group; every other token joins the
     anchor it attends to most. A group's blocks choose among the
-    ``dialects_per_group`` dialects its blocks use most (its sub-formatbook). Groups
-    and sub-formatbooks are recomputed every ``refresh_every`` denoising steps.
-    ``layers``: regex on linear-module names (None: every quantized linear).
+    ``dialects_per_group`` dialects its blocks use most (its sub-formatbook);
+    ``per_position``: one such list per block position along the channels, chosen
+    from the group's blocks at that position (the stored id stays one per token;
+    the mask table grows by the number of positions). Groups and sub-formatbooks
+    are recomputed every ``refresh_every`` denoising steps. ``layers``: regex on
+    linear-module names (None: every quantized linear).
     """
 
     anchors: int = attrs.field(default=8, validator=_positive)
     dialects_per_group: int = attrs.field(default=8, validator=_positive)
     refresh_every: int = attrs.field(default=5, validator=_positive)
+    per_position: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     layers: str | None = None
 
 
@@ -257,9 +265,15 @@ class AttentionState:
         return int(self.saliency.shape[1])
 
 
+def _allowed(mask: np.ndarray) -> list:
+    """The dialect ids a sub-formatbook allows; per block position for a (positions, dialects) mask."""
+    return np.flatnonzero(mask).tolist() if mask.ndim == 1 else [_allowed(m) for m in mask]
+
+
 @attrs.frozen(eq=False)
 class _Subbooks:
-    """A linear layer's sub-formatbook masks (B * A, dialects), for one AttentionState."""
+    """A linear layer's sub-formatbook masks (B * A, dialects), or (B * A, block positions,
+    dialects) with ``SeDA.per_position``, for one AttentionState."""
 
     state: AttentionState
     masks: np.ndarray
@@ -435,12 +449,16 @@ class SemanticState:
             n_dialects = len(self.spec.dialects)
             q = quantize(x, self.spec, axis=-1, backend=self.backend).cpu()
             chosen = np.asarray(q.dialect_ids, dtype=np.int64)  # (B * n, blocks)
-            rows = np.repeat(ids.ravel(), chosen.shape[1])
-            counts = np.bincount(rows * n_dialects + chosen.ravel(), minlength=state.batch * n_groups * n_dialects)
-            counts = counts.reshape(state.batch * n_groups, n_dialects)
+            positions = chosen.shape[1] if self.seda.per_position else 1
+            # one count row per (group, position): the position is 0 for every block without per_position
+            rows = (ids.reshape(-1, 1) * positions + np.arange(chosen.shape[1]) % positions).ravel()
+            tables = state.batch * n_groups * positions
+            counts = np.bincount(rows * n_dialects + chosen.ravel(), minlength=tables * n_dialects).reshape(tables, n_dialects)
             top = np.argsort(-counts, axis=1, kind="stable")[:, : min(self.seda.dialects_per_group, n_dialects)]
             masks = np.zeros_like(counts, dtype=np.bool_)
             np.put_along_axis(masks, top, True, axis=1)
+            if self.seda.per_position:
+                masks = masks.reshape(state.batch * n_groups, positions, n_dialects)
             cached = self._subbooks[linear_name] = _Subbooks(state=state, masks=masks, step=int(step))
         return SubFormatbooks(masks=cached.masks, ids=ids.reshape(x.shape[:-1] + (1,)))
 
@@ -493,7 +511,7 @@ class SemanticState:
                 entry["subformatbooks"] = {
                     linear: {
                         "computed_at_step": c.step,
-                        "dialects": [[np.flatnonzero(m).tolist() for m in c.masks[b * n_groups : (b + 1) * n_groups]] for b in range(state.batch)],
+                        "dialects": [[_allowed(m) for m in c.masks[b * n_groups : (b + 1) * n_groups]] for b in range(state.batch)],
                     }
                     for linear, c in self._subbooks.items()
                     if c.state is state
