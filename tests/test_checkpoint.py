@@ -164,6 +164,10 @@ def test_recipe_and_apply_keywords_are_stored_whole(tmp_path: Path) -> None:
     )  # fmt: skip
     for value in [recipe, *recipes().values()]:
         assert Recipe.from_dict(json.loads(json.dumps(value.to_dict()))) == value
+    # a recipe written before SeDA.per_position existed had one list of dialects per token
+    older = recipe.to_dict()
+    del older["assignment"]["per_position"]
+    assert Recipe.from_dict(older) == attrs.evolve(recipe, assignment=attrs.evolve(recipe.assignment, per_position=False))
     model, kwargs = build("flux", seed=0)
     path = tmp_path / "custom.safetensors"
     with apply(model, recipe, token_order="video_first", stats=False) as emulation:

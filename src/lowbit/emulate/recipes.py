@@ -231,6 +231,9 @@ class Recipe:
     def from_dict(cls, data: Any) -> Recipe:
         """The recipe :meth:`to_dict` wrote; ValueError naming the first unknown, missing or bad field."""
         fields = _checked_fields(cls, data, "recipe")
+        seda = fields["assignment"]
+        if isinstance(seda, dict) and "per_position" not in seda:  # written before SeDA.per_position: lists per token
+            fields = {**fields, "assignment": {**seda, "per_position": False}}
         layers = _checked_fields(LayerPolicy, fields["layers"], "recipe layers")
         try:
             pairs = {key: [(str(k), _rule_from(r)) for k, r in layers[key]] for key in ("exact", "patterns")}
