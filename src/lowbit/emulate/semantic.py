@@ -498,7 +498,8 @@ class SemanticState:
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary per attention module: refresh step, batch, tokens, salient
         tokens per batch item, anchors, group sizes and the cached sub-formatbooks
-        (dialect ids per group, per linear layer, with the step they were computed at)."""
+        (dialect ids per group, a list per block position with ``SeDA.per_position``, per
+        linear layer, with the step they were computed at)."""
         out: dict[str, Any] = {}
         for name, state in self._states.items():
             entry: dict[str, Any] = {"refresh_step": state.step, "batch": state.batch, "tokens": state.tokens}
