@@ -55,6 +55,7 @@ BLOCKS, BLOCK = 4000, 32
 DISTRIBUTIONS = ("gaussian", "laplace", "student_t3", "outliers")
 QUALITY_FORMATS = (
     "mxfp4", "nvfp4", "dialectfp4", "dialectfp4_mse", "block_dialect_16", "block_dialect_64", "semantic_dialect",
+    "semantic_dialect_16",
 )  # fmt: skip
 SPEED_FORMATS = ("mxfp4", "dialectfp4", "semantic_dialect", "dialectfp4_mse")
 QUALITY_TARGETS = {  # (format, reference format, distributions, at most this ratio; strict: below)

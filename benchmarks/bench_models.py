@@ -25,6 +25,14 @@ Targets (issue 6): PSNR against full precision ``semantic_dialect`` >=
 above ``mxfp4``; ``semantic_dialect`` overhead at most 3x. Issue 7: ``six_bit`` within
 1 dB of ``six_bit_cache_off``; ``static_w8a8`` within 1 dB of ``w8a8_dynamic``.
 ``--check`` exits with status 1 when a target is missed. Numbers go to docs/performance.md.
+
+Paired differences: the order and the margin compare means over captions, and one
+caption's PSNR moves by decibels with a format's error, so for each step of the order
+(and ``semantic_dialect`` - ``nvfp4``, ``semantic_dialect`` - ``mxfp4``) the
+per-caption difference is reported as mean, standard error (sample standard
+deviation / sqrt(captions)) and the number of captions where the first is at least
+the second. A mean within about two standard errors of zero is not resolved by that
+caption set.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from rich.console import Console
 from bench_formats import machine
 from lowbit.emulate import apply, calibrate, get_recipe
 from lowbit.emulate.sixbit import SixBit
+from lowbit.models import metrics
 from lowbit.models.demo import CALIBRATION_CAPTIONS, CALIBRATION_SEED, demo_noise, metrics_rows, rows_table, run_variants
 from lowbit.models.shapes import all_captions
 from lowbit.models.tiny_dit import load_bundled, sample
@@ -75,6 +84,19 @@ def overhead(model, captions, noise, steps: int, repeats: int) -> dict[str, floa
             times.append(time.perf_counter() - t0)
     f, s = statistics.median(tf), statistics.median(ts)
     return {"full_s": f, "semantic_dialect_s": s, "ratio": s / f}
+
+
+def paired(variants, pairs) -> dict[str, dict[str, float]]:
+    """Per-caption PSNR differences ``a - b`` for each pair: mean, standard error and
+    the captions where ``a`` is at least ``b`` (PSNR capped at 99 dB as in the rows)."""
+    ref = variants[0].videos
+    per = {v.name: metrics.psnr(ref, v.videos).clamp(max=99.0).double() for v in variants[1:]}
+    out = {}
+    for a, b in pairs:
+        d = per[a] - per[b]
+        se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+        out[f"{a} - {b}"] = {"mean_db": float(d.mean()), "se_db": se, "at_least": int((d >= 0).sum()), "captions": len(d)}
+    return out
 
 
 def cache_timing(model, captions, noise, steps: int, repeats: int) -> dict[str, float]:
@@ -115,6 +137,7 @@ def main() -> int:
     variants = run_variants(model, captions, noise, RECIPES, steps=args.steps)
     rows = metrics_rows(variants)
     psnr = {r["variant"]: r["psnr_db"] for r in rows}
+    differences = paired(variants, [*zip(ORDER, ORDER[1:]), ("semantic_dialect", "nvfp4"), ("semantic_dialect", "mxfp4")])
     timing = overhead(model, captions[:8], noise[:8], args.steps, args.repeats)
     cache = cache_timing(model, captions[:8], noise[:8], args.steps, args.repeats)
 
@@ -126,10 +149,16 @@ def main() -> int:
         "static_w8a8 within 1 dB of w8a8_dynamic": psnr["static_w8a8"] >= psnr["w8a8_dynamic"] - 1.0,
     }
     if args.json:
-        print(json.dumps({"machine": machine(), "rows": rows, "overhead": timing, "six_bit_cache": cache, "checks": checks}, indent=1))
+        print(json.dumps({"machine": machine(), "rows": rows, "paired": differences, "overhead": timing,
+                          "six_bit_cache": cache, "checks": checks}, indent=1))
     else:
         console.print(machine())
         console.print(rows_table(rows, f"{len(captions)} captions, {args.steps} steps: metrics against full precision"))
+        for pair, d in differences.items():
+            console.print(
+                f"PSNR {pair}, per caption: {d['mean_db']:+.2f} +- {d['se_db']:.2f} dB (standard error), "
+                f"at least as high in {d['at_least']} of {d['captions']}"
+            )
         console.print(
             f"overhead (8 captions, {args.steps} steps, median of {args.repeats}): full precision "
             f"{timing['full_s']:.2f} s, semantic_dialect {timing['semantic_dialect_s']:.2f} s, ratio {timing['ratio']:.2f}x"

@@ -484,7 +484,7 @@ def test_semantic_state_is_wired_to_attention_and_linears(fake_semantic: type[Fa
     model = make_model()
     with apply(model, "semantic_dialect") as emulation:
         (state,) = fake_semantic.made
-        assert state.args == ("semantic_dialect", Decomposition(), SeDA())
+        assert state.args == ("semantic_dialect_16", Decomposition(), SeDA())
         forward(model)
         forward(model)
         report = emulation.report()
@@ -507,7 +507,7 @@ def test_semantic_state_is_wired_to_attention_and_linears(fake_semantic: type[Fa
     assert layers["blocks.0.ff.0"].attention == "blocks.0.attn1"
     # the extra bits the policy charged show up in the activation's bits per element
     act = layers["blocks.0.ff.0"].operands["activation"]
-    plain = fake_quant_with_stats(torch.zeros(1, TOKENS, DIM), "semantic_dialect")[1].bits_per_element
+    plain = fake_quant_with_stats(torch.zeros(1, TOKENS, DIM), "semantic_dialect_16")[1].bits_per_element
     assert act.bits_per_element == pytest.approx(plain + 1000.0 / (TOKENS * DIM))
     assert report.semantic_state == {"fake": True, "observed": 8}
     observed_only = layers["blocks.0.attn1"]  # no qk/pv format: observed, not quantized
@@ -525,9 +525,9 @@ def _with_residual(x: torch.Tensor, salient: torch.Tensor, fmt: str) -> torch.Te
 @pytest.mark.parametrize("order", ["text_first", "video_first"])
 def test_dual_stream_linears_use_the_salient_tokens_of_their_stream(order: str) -> None:
     model = joint_model(order)
-    fmt, total = "semantic_dialect", TEXT + VIDEO
+    fmt, total = "semantic_dialect_16", TEXT + VIDEO  # the semantic_dialect recipe's format
     attn = model.blocks[0].attn
-    with apply(model, fmt, weight=None, decomposition=Decomposition(fraction=0.5), assignment=None,
+    with apply(model, "semantic_dialect", weight=None, decomposition=Decomposition(fraction=0.5), assignment=None,
                token_order=order) as emulation:  # fmt: skip
         joint_forward(model)
         layers = {lay.name: lay for lay in emulation.report().layers}
@@ -652,7 +652,7 @@ def test_builtin_recipes_are_registered_as_a_plugin() -> None:
     formats = {name: (r.weight, r.activation, r.qk, r.pv) for name, r in table.items()}
     assert formats["fp8"] == ("fp8_e4m3", "fp8_e4m3", None, None)
     assert formats["block_dialect"] == ("dialectfp4_mse", "dialectfp4", None, None)
-    assert formats["semantic_dialect"] == ("semantic_dialect", "semantic_dialect", None, None)
+    assert formats["semantic_dialect"] == ("semantic_dialect_16", "semantic_dialect_16", None, None)
     policies = {name: (r.decomposition, r.assignment) for name, r in table.items()}
     assert policies["semantic_dialect"] == (Decomposition(), SeDA())
     assert policies["semantic_dialect_no_seda"] == (Decomposition(), None)

@@ -37,12 +37,12 @@ ROUND_TRIP_RECIPES = ["mxfp4", "nvfp4", "block_dialect", "semantic_dialect", "fp
 # size, bits per block scale, bits per block dialect id, bytes of the per-tensor scale.
 # mxfp4: OCP MX v1.0 (FP4 E2M1, 32, E8M0); nvfp4: FP4 E2M1, 16, FP8 E4M3 scales and a float32
 # tensor scale; DialectFP4 (BlockDialect): sign + 3-bit index, 32, 5-bit exponent, 16
-# dialects; semantic_dialect: the same with 32 dialects; fp8: E4M3, no scale.
+# dialects; semantic_dialect: the same with 32 dialects in blocks of 16; fp8: E4M3, no scale.
 STORAGE = {
     "mxfp4": (4, 32, 8, 0, 0),
     "nvfp4": (4, 16, 8, 0, 4),
     "block_dialect": (4, 32, 5, 4, 0),
-    "semantic_dialect": (4, 32, 5, 5, 0),
+    "semantic_dialect": (4, 16, 5, 5, 0),
     "fp8": (8, None, 0, 0, 0),
 }
 
@@ -138,7 +138,7 @@ def test_round_trip_reproduces_the_emulation_bit_for_bit(tmp_path: Path, model_n
 @pytest.mark.parametrize(
     ("recipe", "bits"),
     [("mxfp4", 4.25), ("nvfp4", (1536 + 192 + 4) * 8 / 3072), ("block_dialect", (1536 + 60 + 48) * 8 / 3072),
-     ("semantic_dialect", (1536 + 60 + 60) * 8 / 3072), ("fp8", 8.0)],
+     ("semantic_dialect", (1536 + 120 + 120) * 8 / 3072), ("fp8", 8.0)],
 )  # fmt: skip
 def test_one_small_layer_costs_its_hand_count(tmp_path: Path, recipe: str, bits: float) -> None:
     torch.manual_seed(0)

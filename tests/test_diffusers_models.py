@@ -219,12 +219,12 @@ def test_semantic_policies_reach_both_streams_of_dual_stream_blocks(built: Built
 @pytest.mark.parametrize("built", ["flux_open_sora", "hunyuan_video"], indirect=True)
 def test_text_stream_uses_its_end_of_the_joint_sequence(built: Built) -> None:
     # diffusers' Flux puts the text first in its joint attention, HunyuanVideo last
-    fmt, block = "semantic_dialect", "transformer_blocks.0"
+    fmt, block = "semantic_dialect_16", "transformer_blocks.0"  # the semantic_dialect recipe's format
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     to_add_out = built.model.get_submodule(f"{block}.attn.to_add_out")
     hook = to_add_out.register_forward_hook(lambda module, args, y: seen.append((args[0], y)))
     try:
-        with apply(built.model, fmt, weight=None, decomposition=Decomposition(fraction=0.5), assignment=None) as emulation:
+        with apply(built.model, "semantic_dialect", weight=None, decomposition=Decomposition(fraction=0.5), assignment=None) as emulation:
             run(built.model, built.kwargs)
             salient = emulation.semantic.attention_state(f"{block}.attn").salient
     finally:

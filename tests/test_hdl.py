@@ -78,6 +78,8 @@ def spec_at_collection(name: str):
 
 ELEMENTS = ("fp4_e2m1", "int4", "fp6_e3m2", "fp8_e4m3", "fp6_e3m2_sr", "fp5_e2m2", "cb4_log")
 BLOCKS = ("mxfp4", "nvfp4", "dialectfp4", "mxfp6_e3m2_sr", "mxfp5_e2m2", "mxcb4_log", "quad_dialect")
+#: the SemanticDialect book at blocks of 32 and at 16 (the semantic_dialect recipes' format)
+SEMANTIC = ("semantic_dialect", "semantic_dialect_16")
 
 
 @pytest.fixture(scope="session")
@@ -254,7 +256,7 @@ def test_stochastic_plugin_format_has_no_encoder_but_a_multiplier():
         units_for(formats.get("fp8_e5m2"))
 
 
-@pytest.mark.parametrize("name", ELEMENTS + BLOCKS + ("semantic_dialect",))
+@pytest.mark.parametrize("name", ELEMENTS + BLOCKS + SEMANTIC)
 def test_verilator_lint_clean(name, hdl, tools):
     for unit in units_for(formats.get(name)).values():
         verify.lint_verilator(unit, hdl(name))
@@ -360,10 +362,10 @@ def vectors_for(spec, pairs):
 BIG = [HealthCheck.large_base_example, HealthCheck.data_too_large, HealthCheck.too_slow]
 
 PAIRS = {name: st.lists(st.tuples(*[block_strategy(spec_at_collection(name).block_size)] * 2), min_size=12, max_size=12)
-         for name in BLOCKS + ("semantic_dialect",)}
+         for name in BLOCKS + SEMANTIC}
 
 
-@pytest.mark.parametrize("name", BLOCKS + ("semantic_dialect",))
+@pytest.mark.parametrize("name", BLOCKS + SEMANTIC)
 def test_block_dot_unit(name, hdl, tmp_path):
     spec = formats.get(name)
 

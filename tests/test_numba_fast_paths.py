@@ -53,7 +53,8 @@ EXPECTED_PATH = {
         "mxfp4@torchao", "mxfp4_rceil@torchao", "mxfp6_e2m3@torchao", "mxfp8_e4m3@torchao", "nvfp4@torchao",
         "nvfp4_2level@torchao")},
     # formatbooks have their own kernels (lowbit.emulate._numba_dialect)
-    **{n: None for n in ("dialectfp4", "dialectfp4_mse", "block_dialect_16", "block_dialect_32", "block_dialect_64", "semantic_dialect")},
+    **{n: None for n in ("dialectfp4", "dialectfp4_mse", "block_dialect_16", "block_dialect_32", "block_dialect_64", "semantic_dialect",
+                       "semantic_dialect_16")},
 }  # fmt: skip
 
 E5M2_SCALE = FloatFormat(name="e5m2_scale", ebits=5, mbits=2, special="ieee")

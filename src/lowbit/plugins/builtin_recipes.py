@@ -17,7 +17,7 @@ from lowbit.emulate.semantic import Decomposition, SeDA
 from lowbit.emulate.sixbit import SixBit
 from lowbit.hookspecs import hookimpl
 
-_SEMANTIC = dict(weight="semantic_dialect", activation="semantic_dialect")
+_SEMANTIC = dict(weight="semantic_dialect_16", activation="semantic_dialect_16")
 
 BUILTIN_RECIPES = (
     Recipe(name="fp8", weight="fp8_e4m3", activation="fp8_e4m3", description="FP8 E4M3 weights and activations (W8A8)"),
@@ -34,7 +34,7 @@ BUILTIN_RECIPES = (
         **_SEMANTIC,
         decomposition=Decomposition(),
         assignment=SeDA(),
-        description="SemanticDialect: learned formatbook, attention-guided decomposition and SeDA",
+        description="SemanticDialect: learned formatbook (blocks of 16), attention-guided decomposition and SeDA",
     ),
     Recipe(
         name="semantic_dialect_no_seda",
