@@ -34,6 +34,7 @@ DEFAULT_UNITS = (
     ("nvfp4", "dequant"),
     ("dialectfp4", "dot"),
     ("semantic_dialect", "dot"),
+    ("semantic_dialect_16", "dot"),  # the semantic_dialect recipes' format: 16 elements
     ("dialectfp4", "select"),
     ("dialectfp4", "select_lut"),
     ("semantic_dialect", "select_lut"),
