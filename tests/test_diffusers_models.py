@@ -224,7 +224,8 @@ def test_text_stream_uses_its_end_of_the_joint_sequence(built: Built) -> None:
     to_add_out = built.model.get_submodule(f"{block}.attn.to_add_out")
     hook = to_add_out.register_forward_hook(lambda module, args, y: seen.append((args[0], y)))
     try:
-        with apply(built.model, "semantic_dialect", weight=None, decomposition=Decomposition(fraction=0.5), assignment=None) as emulation:
+        with apply(built.model, "semantic_dialect", weight=None, decomposition=Decomposition(fraction=0.5),
+                   assignment=None) as emulation:  # fmt: skip
             run(built.model, built.kwargs)
             salient = emulation.semantic.attention_state(f"{block}.attn").salient
     finally:
