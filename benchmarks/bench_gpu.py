@@ -29,7 +29,6 @@ from typing import Any, Callable
 import torch
 
 import lowbit
-from lowbit.formats import get
 from lowbit.plugins.builtin_backends import TRITON
 from lowbit.plugins.builtin_formats import BUILTIN_FORMATS
 

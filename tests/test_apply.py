@@ -28,6 +28,7 @@ from lowbit.emulate.scaled import Scaling
 from lowbit.emulate.semantic import Decomposition, SeDA
 from lowbit.emulate.sixbit import SixBit
 from lowbit.emulate.stats import fake_quant_with_stats
+from lowbit.testing.conformance import assert_same_bits
 
 HEADS, DIM, TOKENS = 2, 64, 12
 
@@ -252,7 +253,7 @@ def assert_restored(model: nn.Module, before: dict[str, Any]) -> None:
     assert after["tensors"].keys() == before["tensors"].keys()
     for key, (tensor, values) in before["tensors"].items():
         assert after["tensors"][key][0] is tensor, key
-        assert torch.equal(tensor, values), key
+        assert_same_bits(values, tensor.detach())
     for name, attributes in before["attrs"].items():
         now = after["attrs"][name]
         assert now.keys() == attributes.keys(), (name, set(now) ^ set(attributes))
@@ -272,8 +273,8 @@ def test_a_linear_computes_with_quantized_weight_and_input() -> None:
     with apply(linear, "mxfp4"):
         y = linear(x)
     expected = F.linear(lowbit.fake_quant(x, "mxfp4", axis=-1), lowbit.fake_quant(linear.weight.detach(), "mxfp4", axis=-1), linear.bias)
-    assert torch.equal(y, expected)
-    assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+    assert_same_bits(expected, y)
+    assert_same_bits(F.linear(x, linear.weight, linear.bias), linear(x))
 
 
 def test_weights_are_quantized_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +304,7 @@ def test_stats_off_uses_plain_fake_quant_and_reports_no_sqnr() -> None:
     with apply(model, "mxfp4", stats=False) as off:
         y_off = forward(model)
         report = off.report()
-    assert torch.equal(y_on, y_off)
+    assert_same_bits(y_off, y_on)
     layer = next(lay for lay in report.layers if lay.name == "blocks.0.ff.0")
     assert math.isnan(layer.output_sqnr_db) and layer.operands["activation"].elements == 0
     assert layer.operands["weight"].elements == 2 * DIM * DIM  # weights are always described
@@ -322,7 +323,7 @@ def test_remove_restores_the_model_bit_for_bit(recipe: str) -> None:
     assert not torch.equal(forward(model), reference)
     remove(model)
     assert_restored(model, before)
-    assert torch.equal(forward(model), reference)
+    assert_same_bits(reference, forward(model))
     with pytest.raises(RuntimeError, match="removed"):
         emulation.report()
 
@@ -335,7 +336,7 @@ def test_context_manager_removes_even_after_an_error() -> None:
             assert emulation.report().quantized
             1 / 0
     assert_restored(model, before)
-    assert torch.equal(forward(model), reference)
+    assert_same_bits(reference, forward(model))
     apply(model, "mxfp4").remove()  # applicable again
 
 
@@ -440,7 +441,7 @@ def test_qk_quantizes_q_and_k_along_the_head_dim() -> None:
         q, k, v, out = _sdpa_inputs(model)
     assert q.shape == (1, HEADS, TOKENS, DIM // HEADS)
     expected = F.scaled_dot_product_attention(lowbit.fake_quant(q, "mxfp4", axis=-1), lowbit.fake_quant(k, "mxfp4", axis=-1), v)
-    assert torch.equal(out, expected)
+    assert_same_bits(expected, out)
     assert not torch.equal(out, F.scaled_dot_product_attention(q, k, v))
 
 
@@ -538,7 +539,7 @@ def test_dual_stream_linears_use_the_salient_tokens_of_their_stream(order: str) 
     probabilities = F.scaled_dot_product_attention(q, k, torch.eye(total, dtype=torch.float64).expand(1, HEADS, -1, -1))
     top = torch.sort(probabilities.mean(dim=(1, 2)), dim=-1, descending=True, stable=True).indices[:, : total // 2]
     salient = torch.zeros(1, total, dtype=torch.bool).scatter_(1, top, True)
-    assert torch.equal(state.salient, salient)
+    assert_same_bits(salient, state.salient)
     # (the stream's tokens, the other end of the sequence): text-first has text at 0..3 and
     # video at 4..15, video-first video at 0..11 and text at 12..15
     text_head, text_tail = slice(0, TEXT), slice(VIDEO, total)
@@ -551,7 +552,7 @@ def test_dual_stream_linears_use_the_salient_tokens_of_their_stream(order: str) 
         assert rows.any() and not torch.equal(rows, salient[:, other])  # a wrong slice would show
         linear = attn.to_add_out if name == "to_add_out" else attn.to_out[0]
         x, y = seen[name]
-        torch.testing.assert_close(y, F.linear(_with_residual(x, rows, fmt), linear.weight, linear.bias), rtol=0, atol=0)
+        assert_same_bits(F.linear(_with_residual(x, rows, fmt), linear.weight, linear.bias), y)
     # every linear that ran after the attention used its stream's slice of the state
     for name in ("attn.to_out.0", "attn.to_add_out", "ff", "ff_context"):
         assert layers[f"blocks.0.{name}"].semantic == {"decomposition": 1}, name

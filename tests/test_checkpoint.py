@@ -27,6 +27,7 @@ import lowbit
 from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, apply, calibrate, get_recipe, recipes, remove
 from lowbit.emulate.semantic import Decomposition, SeDA
 from lowbit.emulate.sixbit import SixBit
+from lowbit.testing.conformance import assert_same_bits
 from test_diffusers_models import _flux_open_sora, _wan, run
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
@@ -109,7 +110,7 @@ def test_round_trip_reproduces_the_emulation_bit_for_bit(tmp_path: Path, model_n
     fresh, _ = build(model_name, seed=1)
     assert not all(torch.equal(a, b) for a, b in zip(tensors(fresh).values(), original.values()))
     loaded = lowbit.load(path, fresh)
-    torch.testing.assert_close(run(fresh, kwargs), expected, rtol=0, atol=0)
+    assert_same_bits(expected, run(fresh, kwargs))
     assert loaded.recipe == get_recipe(recipe)
     report = loaded.report()
     assert [lay.operands.get("weight") for lay in report.layers] == [lay.operands.get("weight") for lay in expected_report.layers]
@@ -132,7 +133,7 @@ def test_round_trip_reproduces_the_emulation_bit_for_bit(tmp_path: Path, model_n
     weight_format = get_recipe(recipe).weight
     for key, value in original.items():
         want = lowbit.fake_quant(value, weight_format, axis=-1) if key in quantized else value
-        assert torch.equal(restored[key], want), key
+        assert_same_bits(want, restored[key])
 
 
 @pytest.mark.parametrize(
@@ -170,14 +171,14 @@ def test_recipe_and_apply_keywords_are_stored_whole(tmp_path: Path) -> None:
     assert Recipe.from_dict(older) == attrs.evolve(recipe, assignment=attrs.evolve(recipe.assignment, per_position=False))
     model, kwargs = build("flux", seed=0)
     path = tmp_path / "custom.safetensors"
-    with apply(model, recipe, token_order="video_first", stats=False) as emulation:
+    with apply(model, recipe, token_order="video_first", stats=False):
         expected = run(model, kwargs)
         lowbit.save(model, path)  # the model an emulation is applied to works as well
     fresh, _ = build("flux", seed=1)
     loaded = lowbit.load(path, fresh)
     assert (loaded.recipe, loaded.token_order, loaded.stats) == (recipe, "video_first", False)
     assert "transformer_blocks.0.ff.net.2" in loaded.skipped
-    assert torch.equal(run(fresh, kwargs), expected)
+    assert_same_bits(expected, run(fresh, kwargs))
     with safe_open(str(path), framework="pt") as f:
         document = json.loads(f.metadata()["lowbit.checkpoint"])
     assert document["version"] == 1 and document["lowbit"] == lowbit.__version__ and document["calibration"] == {}
@@ -215,7 +216,7 @@ def test_a_nan_weight_is_kept_through_the_stored_nan_mask(tmp_path: Path, fmt: s
     fresh = nn.Linear(64, 8)
     lowbit.load(path, fresh)
     assert torch.isnan(expected).any()
-    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0, equal_nan=True)
+    assert_same_bits(expected, fresh(x))
 
 
 # ---------------------------------------------------------------------------
@@ -359,12 +360,12 @@ def test_round_trip_of_int8_and_calibrated_recipes(tmp_path: Path, recipe: str) 
     fresh, _ = build("wan", seed=1)
     with lowbit.load(path, fresh) as loaded:
         for want in expected:
-            torch.testing.assert_close(run(fresh, kwargs), want, rtol=0, atol=0)
+            assert_same_bits(want, run(fresh, kwargs))
         assert loaded.recipe == chosen
         assert loaded.calibration.keys() == calibration.keys()
         for kind in ("smoothing", "scales"):  # float32 arrays, stored exactly
             for linear, value in calibration.get(kind, {}).items():
-                assert torch.equal(loaded.calibration[kind][linear], value), (kind, linear)
+                assert_same_bits(value, loaded.calibration[kind][linear])
         if recipe == "six_bit":
             assert loaded.calibration["six_bit"] == calibration["six_bit"]
         else:  # INT8 codes, one byte each, and a float32 scale per output channel (by hand)

@@ -22,7 +22,7 @@ import lowbit
 from lowbit.emulate import SubFormatbooks, _numba_dialect
 from lowbit.emulate import reference_dialect as rd
 from lowbit.emulate._numba_fast import PARALLEL_MIN
-from lowbit.formats import evolve, get, names
+from lowbit.formats import evolve, get
 from lowbit.formats.spec import E8M0, Formatbook
 
 DIALECTFP4 = get("dialectfp4")
@@ -38,7 +38,7 @@ FAST_SPECS = [
     evolve(LUT, name="dialectfp4_lut_truncate", fixed_point="truncate"),
     evolve(LUT, name="dialectfp4_lut_b64", block_size=64),
 ]
-FAST_SPECS += [get(n) for n in ("semantic_dialect",) if n in names()]  # the learned LUT formatbook
+FAST_SPECS += [get("semantic_dialect")]  # the learned LUT formatbook
 
 
 def _ids(specs: list[Formatbook]) -> list[str]:

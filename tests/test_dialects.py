@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import lowbit
 from lowbit.emulate import SubFormatbooks, pack_bits, reference_dialect, unpack_bits
 from lowbit.formats import E5M0, E8M0, Formatbook, dialect_histogram, evolve, get
+from lowbit.testing.conformance import assert_same_bits
 
 # Transcribed from the DialectFP4 table (values, not half-units): id -> (idx6, idx7).
 # Index 0..5 are 0, 0.5, 1, 1.5, 2, 3 except dialect 15 (reported idx5 = 2.5).
@@ -165,7 +166,7 @@ def test_lut_selection_equals_exhaustive_least_squares(spec: Formatbook, table: 
     for backend in ("numba", "reference"):
         q = lowbit.quantize(x, spec, backend=backend)
         assert q.dialect_ids[0, 0] == want_d
-        np.testing.assert_array_equal(lowbit.dequantize(q, dtype="float64")[0], signs * want_vals)
+        assert_same_bits(signs * want_vals, lowbit.dequantize(q, dtype="float64")[0])
     # the same block with every magnitude moved to its cell centre: least squares agrees
     centres = ((np.floor(mags / step) + 0.5) * step).astype(np.float32)[None, :]
     mse = evolve(spec, name="by_mse", selection="mse")
@@ -202,7 +203,7 @@ def test_dialect_ids_round_trip_and_histogram() -> None:
     x = rng.standard_normal((4, 96)).astype(np.float32)
     q = lowbit.quantize(x, "dialectfp4")
     assert q.dialect_ids.shape == (4, 3) and q.dialect_ids.dtype == np.uint8
-    np.testing.assert_array_equal(lowbit.dequantize(q), lowbit.fake_quant(x, "dialectfp4"))
+    assert_same_bits(lowbit.fake_quant(x, "dialectfp4"), lowbit.dequantize(q))
     hist = dialect_histogram(q)
     assert hist.shape == (16,) and hist.sum() == 12
     np.testing.assert_array_equal(hist, np.bincount(q.dialect_ids.ravel(), minlength=16))
@@ -275,7 +276,7 @@ def test_masks_are_respected_and_backends_agree(spec: Formatbook) -> None:
         np.testing.assert_array_equal(q.dialect_ids, ref.dialect_ids)
         np.testing.assert_array_equal(q.unpacked_codes(), ref.unpacked_codes())
         fq = lowbit.fake_quant(xx, spec, subbooks=sb)
-        np.testing.assert_array_equal(fq, lowbit.dequantize(ref, dtype=xx.dtype.name))
+        assert_same_bits(lowbit.dequantize(ref, dtype=xx.dtype.name), fq)
 
 
 def _objective(spec: Formatbook, blk: np.ndarray, scale: float) -> np.ndarray:
@@ -330,7 +331,7 @@ def test_per_position_masks_restrict_each_block_position(spec: Formatbook) -> No
     ref = lowbit.quantize(x, spec, backend="reference", subbooks=flat)
     np.testing.assert_array_equal(q.dialect_ids, ref.dialect_ids)
     np.testing.assert_array_equal(q.unpacked_codes(), ref.unpacked_codes())
-    np.testing.assert_array_equal(lowbit.fake_quant(x, spec, subbooks=sb), lowbit.dequantize(ref))
+    assert_same_bits(lowbit.dequantize(ref), lowbit.fake_quant(x, spec, subbooks=sb))
     # storage: indices within the block's list (at most 5 allowed: 3 bits), one 2-bit id per
     # row, the whole 3 x 3 x nd table
     f = q.packed_fields()

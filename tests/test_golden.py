@@ -140,7 +140,7 @@ def test_every_table_value_quantizes_to_its_code(name: str, backend: str) -> Non
     keep = np.isfinite(table)
     x = table[keep].reshape(1, -1)
     np.testing.assert_array_equal(_codes(x, name, backend)[0], np.arange(len(table))[keep])
-    assert_same_bits(x, lowbit.dequantize(lowbit.quantize(x, name, backend=backend)))
+    assert_same_bits(x, lowbit.dequantize(lowbit.quantize(x, name, backend=backend), backend=backend))
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_agrees_with_ml_dtypes(mld: str) -> None:
             x = x[~np.isnan(x)]
         want, want_codes = _ml_dtypes_round_trip(x, ML_DTYPES_TYPES[mld])
         q = lowbit.quantize(x, spec, backend=backend)
-        assert_same_bits(want, lowbit.dequantize(q))
+        assert_same_bits(want, lowbit.dequantize(q, backend=backend))
         # NaN codes differ in sign (ml_dtypes keeps the input's), so compare the others
         ordered = ~np.isnan(want)
         np.testing.assert_array_equal(q.unpacked_codes()[0][ordered], want_codes[ordered])
@@ -252,7 +252,7 @@ def test_nan_stays_visible_in_formats_without_a_nan_code(backend: str) -> None:
     q = lowbit.quantize(x, "fp4_e2m1", backend=backend)
     np.testing.assert_array_equal(q.unpacked_codes(), [[2, 0, 0, 4]])
     for dtype in strategies.DTYPES:
-        y = lowbit.dequantize(q, dtype=dtype)
+        y = lowbit.dequantize(q, backend=backend, dtype=dtype)
         assert np.isnan(y.astype(np.float64)).tolist() == [[False, True, True, False]]
     assert np.isnan(_fq(x, "fp4_e2m1", backend)).tolist() == [[False, True, True, False]]
     with pytest.raises(ValueError, match=r"x contains NaN and format 'fp4_e2m1_strict' has no NaN code \(nan='raise'\)"):
@@ -325,8 +325,11 @@ MX_BLOCKS = [
     ("mxfp4", _mx_block(4.0, 0.25, 0.75, -5.0, 2.5), 127, [4.0, 0.0, 1.0, -4.0, 2.0]),
     # amax = 0.3: floor(log2) = -2, X = 2^-4 (code 123); 0.3 / 2^-4 = 4.8 -> 4 -> 0.25
     ("mxfp4", _mx_block(0.3, 0.1, -0.05), 123, [0.25, 0.09375, -0.0625]),
-    # amax = 2^-130: X = 2^-132 is below E8M0, so X = 2^-127 (code 0); 2^-130 / 2^-127 = 0.125 -> 0
+    # amax = 3 * 2^-127: floor(log2) = -126, X = 2^-128 is below E8M0, so X = 2^-127 (code 0);
+    # 2^-130 / 2^-127 = 0.125 -> 0
     ("mxfp4", _mx_block(2.0**-130, -(2.0**-127), 3 * 2.0**-127), 0, [0.0, -(2.0**-127), 3 * 2.0**-127]),
+    # a block far below E8M0: amax = 2^-130, X = 2^-132 clamps to 2^-127 (code 0); +-0.125 -> +-0
+    ("mxfp4", _mx_block(2.0**-130, -(2.0**-130)), 0, [0.0, -0.0]),
     # amax = largest float32 (2 - 2^-23) * 2^127: X = 2^125 (code 252); saturates to 6 * 2^125
     ("mxfp4", _mx_block(3.4028234663852886e38, -(2.0**125)), 252, [1.5 * 2.0**127, -(2.0**125)]),
     # ceil: amax 5 -> X = 2^(3 - 2) = 2 (code 128); 5/2 = 2.5 is a tie -> 2 -> 4; 3/2 = 1.5 -> 3
@@ -352,7 +355,7 @@ def test_mx_hand_blocks(name: str, x: np.ndarray, scale_code: int, values: list[
     assert q.scales[0, 0] == 2.0 ** (scale_code - 127)
     want = np.zeros_like(x)
     want[0, : len(values)] = values
-    assert_same_bits(want, lowbit.dequantize(q))
+    assert_same_bits(want, lowbit.dequantize(q, backend=backend))
     assert_same_bits(want, _fq(x, name, backend))
 
 
@@ -365,7 +368,7 @@ def test_mx_nan_and_inf_blocks(backend: str) -> None:
     # OCP: E8M0 code 255 is NaN; a NaN anywhere makes the block NaN; the spec default
     # also makes an Inf block NaN (inf_block="nan")
     np.testing.assert_array_equal(q.scale_codes, [[255], [255], [125]])  # 1.0: X = 2^-2
-    y = lowbit.dequantize(q)
+    y = lowbit.dequantize(q, backend=backend)
     assert np.isnan(y[:2]).all() and (y[2] == 1.0).all()
 
 
@@ -420,7 +423,7 @@ def test_nvfp4_two_level_hand_example(backend: str) -> None:
         [1.03125, 0.515625],
         [0.0, -0.0],
     )
-    assert_same_bits(want, lowbit.dequantize(q))
+    assert_same_bits(want, lowbit.dequantize(q, backend=backend))
     assert_same_bits(want, _fq(x, "nvfp4", backend))
     # and the packed codes: element 2i in the low nibble; 3 -> 6 is 0b0111, 1 -> 2 is 0b0100
     assert q.codes[0, 8] == 0b0100_0111
@@ -454,7 +457,7 @@ def test_nvfp4_subnormal_scale_ties(backend: str) -> None:
     x = _nvfp4_blocks([2688.0], [9 * 2.0**-9])
     q = lowbit.quantize(x, "nvfp4", backend=backend)
     assert q.scale_codes[0, 1] == 0b0000_0010
-    y = lowbit.dequantize(q)
+    y = lowbit.dequantize(q, backend=backend)
     assert y[0, 16] == 8 * 2.0**-9
     assert _fq(y, "nvfp4", backend)[0, 16] == 6 * 2.0**-9
 
@@ -464,7 +467,7 @@ def test_nvfp4_nan_block(backend: str) -> None:
     x = _nvfp4_blocks([1.0, np.nan], [2.0, 1.0])
     q = lowbit.quantize(x, "nvfp4", backend=backend)
     assert q.scale_codes[0, 0] == 0x7F  # E4M3 NaN (S.1111.111)
-    y = lowbit.dequantize(q)
+    y = lowbit.dequantize(q, backend=backend)
     assert np.isnan(y[0, :16]).all() and y[0, 16] == 2.0
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import structural_similarity
 
 from lowbit.models.metrics import detector_agreement, flicker, flow_error, psnr, ssim, temporal_psnr, velocity_error
 from lowbit.models.shapes import Caption, render
@@ -37,7 +38,6 @@ def test_psnr_hand_derived() -> None:
 
 
 def test_ssim_matches_scikit_image() -> None:
-    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
     a = _smooth_video(1)
     b = (a + 0.15 * torch.randn(a.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)).clamp(-1, 1)
     expected = [

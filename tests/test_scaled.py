@@ -9,7 +9,6 @@ the code under test.
 from __future__ import annotations
 
 import io
-import math
 
 import attrs
 import pytest
@@ -31,6 +30,7 @@ from lowbit.emulate.scaled import (
     smoothing_factors,
 )
 from lowbit.emulate.sixbit import SixBit
+from lowbit.testing.conformance import assert_same_bits
 
 
 def test_scaled_fake_quant_by_hand() -> None:
@@ -38,9 +38,9 @@ def test_scaled_fake_quant_by_hand() -> None:
     # first, then ties to even: [2, -2, 127, 127, -127, 0] -> times 0.5
     x = torch.tensor([1.25, -0.75, 63.75, 100.0, -100.0, 0.125])
     y, st, q = scaled_fake_quant_with_stats(x, torch.tensor(0.5), rows=False)
-    assert torch.equal(scaled_fake_quant(x, torch.tensor(0.5)), y)
+    assert_same_bits(y, scaled_fake_quant(x, torch.tensor(0.5)))
     assert q.codes.ravel().tolist() == [2, 254, 127, 127, 129, 0]  # two's complement bytes of 2, -2, 127, 127, -127, 0
-    assert torch.equal(y, torch.tensor([1.0, -1.0, 63.5, 63.5, -63.5, 0.0]))
+    assert_same_bits(torch.tensor([1.0, -1.0, 63.5, 63.5, -63.5, 0.0]), y)
     assert st.clipped == 3  # |v| >= 127.5: 127.5, 200, -200
     assert st.bits == 8 * 6 + 32  # one float32 scale for the tensor
     assert st.elements == 6
@@ -52,35 +52,34 @@ def test_scaled_fake_quant_keeps_dtype_and_int8_has_one_zero() -> None:
     y, st, _ = scaled_fake_quant_with_stats(x, absmax_scale(x))
     assert y.dtype == torch.bfloat16
     assert st.bits == 8 * 3 + 32  # one scale per row
-    assert torch.equal(y.float(), torch.tensor([[-0.0, 0.0, 1.0]]))
-    assert math.copysign(1.0, float(y[0, 0])) == 1.0  # two's complement INT8 has no -0
+    assert_same_bits(torch.tensor([[0.0, 0.0, 1.0]]), y.float())  # two's complement INT8 has no -0
 
 
 def test_absmax_scale() -> None:
     x = torch.tensor([[0.0, 0.0], [2.54, -1.0]])
-    assert torch.equal(absmax_scale(x), torch.tensor([[1.0], [2.54 / 127]], dtype=torch.float32))
-    assert torch.equal(absmax_scale(x, per_row=False), torch.tensor(2.54 / 127, dtype=torch.float32))
+    assert_same_bits(torch.tensor([[1.0], [2.54 / 127]], dtype=torch.float32), absmax_scale(x))
+    assert_same_bits(torch.tensor(2.54 / 127, dtype=torch.float32), absmax_scale(x, per_row=False))
 
 
 def test_per_token_int8_matches_torch_rounding() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 96) * torch.linspace(0.01, 30, 96)
     s = x.abs().amax(dim=-1, keepdim=True) / 127
-    expected = torch.round(x / s).clamp(-127, 127) * s
+    expected = torch.round(x / s).clamp(-127, 127) * s + 0.0  # + 0.0: INT8 code 0 is +0, never -0
     y = scaled_fake_quant(x, absmax_scale(x))
-    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    assert_same_bits(expected, y)
 
 
 def test_smoothing_factors_by_hand() -> None:
     act = torch.tensor([4.0, 1.0, 0.0])
     w = torch.tensor([[1.0, -4.0, 2.0], [0.5, 1.0, -1.0]])  # column maxima 1, 4, 2
     f = smoothing_factors(act, w, 0.5)
-    assert torch.equal(f, torch.tensor([2.0, 0.5, 1.0]))  # sqrt(4)/1, sqrt(1)/2, act 0 -> 1
+    assert_same_bits(torch.tensor([2.0, 0.5, 1.0]), f)  # sqrt(4)/1, sqrt(1)/2, act 0 -> 1
 
 
 def test_hadamard_sylvester() -> None:
     h4 = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float32)
-    assert torch.equal(hadamard(4) * 2, h4)
+    assert_same_bits(h4, hadamard(4) * 2)
     h = hadamard(128)
     torch.testing.assert_close(h @ h.T, torch.eye(128), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="power of two"):
@@ -144,10 +143,10 @@ def test_dynamic_w8a8_linear_by_hand() -> None:
     w = model.fc.weight.detach()
     expected = F.linear(_q(x, x.abs().amax(-1, keepdim=True) / 127), _q(w, w.abs().amax(-1, keepdim=True) / 127), model.fc.bias)
     with apply(model, "w8a8_dynamic") as emu:
-        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        assert_same_bits(expected, model(x))
         report = emu.report()
     with apply(model, "w8a8_dynamic", stats=False):  # the path without statistics computes the same
-        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        assert_same_bits(expected, model(x))
     layer = report.layers[0]
     assert layer.operands["weight"].bits_per_element == 8 + 32 / 8  # one float32 scale per row of 8
     assert layer.operands["activation"].bits_per_element == 8 + 32 / 8
@@ -167,20 +166,20 @@ def test_static_calibration_by_hand() -> None:
         w = model.fc.weight.detach()
         channel_max = torch.stack([x.abs().amax(0) for x in xs]).amax(0)
         f = channel_max.sqrt() / w.abs().amax(0).sqrt()
-        torch.testing.assert_close(emu.calibration["smoothing"]["fc"], f, rtol=0, atol=0)
+        assert_same_bits(f, emu.calibration["smoothing"]["fc"])
         # step groups of 3 steps in 2: steps 0 and 1 -> group 0, step 2 -> group 1
         tops = [(x / f).abs().amax() for x in xs]
         expected = torch.stack([torch.maximum(tops[0], tops[1]), tops[2]]) / 127
-        torch.testing.assert_close(emu.calibration["scales"]["fc"], expected, rtol=0, atol=0)
+        assert_same_bits(expected, emu.calibration["scales"]["fc"])
         wf = w * f
         wq = _q(wf, wf.abs().amax(-1, keepdim=True) / 127)
         for t, x in enumerate(xs):
             y = model(x)
-            torch.testing.assert_close(y, F.linear(_q(x / f, expected[t * 2 // 3]), wq, model.fc.bias), rtol=0, atol=0)
+            assert_same_bits(F.linear(_q(x / f, expected[t * 2 // 3]), wq, model.fc.bias), y)
         with pytest.raises(RuntimeError, match="calibrated for 3 denoising steps"):
             model(xs[0])
         emu.reset()
-        torch.testing.assert_close(model(xs[0]), F.linear(_q(xs[0] / f, expected[0]), wq, model.fc.bias), rtol=0, atol=0)
+        assert_same_bits(F.linear(_q(xs[0] / f, expected[0]), wq, model.fc.bias), model(xs[0]))
     finally:
         emu.remove()
 
@@ -193,7 +192,7 @@ def test_calibration_needed_and_errors_leave_the_model_alone() -> None:
         model(x)
     with pytest.raises(ValueError, match="made 2 forwards of the model; a positive multiple of steps=3"):
         calibrate(model, "static_w8a8", lambda m: [m(x), m(x)], steps=3, progress=False)
-    assert torch.equal(model(x), before)  # removed after the failed calibration
+    assert_same_bits(before, model(x))  # removed after the failed calibration
     with apply(model, "w8a8_dynamic") as emu, pytest.raises(ValueError, match="nothing to calibrate"):
         emu.calibrate(lambda m: m(x), steps=1)
     with pytest.raises(RuntimeError, match="no lowbit emulation"):
@@ -208,7 +207,7 @@ def test_static_calibration_over_two_sampling_runs() -> None:
     emu = calibrate(model, recipe, lambda m: [m(x * k) for k in (1, 2) for x in xs], steps=3, progress=False)
     with emu:
         expected = torch.stack([(2 * x).abs().amax() for x in xs]) / 127
-        torch.testing.assert_close(emu.calibration["scales"]["fc"], expected, rtol=0, atol=0)
+        assert_same_bits(expected, emu.calibration["scales"]["fc"])
     with pytest.raises(ValueError, match="made 5 forwards"):
         calibrate(model, recipe, lambda m: [m(x) for x in (*xs, *xs[:2])], steps=3, progress=False)
 

@@ -20,6 +20,7 @@ import torch
 import lowbit
 from lowbit.emulate import SubFormatbooks
 from lowbit.emulate.semantic import Decomposition, SeDA, SemanticState, attention_groups, attention_saliency
+from lowbit.testing.conformance import assert_same_bits
 
 FMT = "semantic_dialect"  # 32 dialects, lut selection, block 32, 4-bit elements, 5-bit exponent
 N_DIALECTS = 32
@@ -169,9 +170,9 @@ def test_decomposition_improves_salient_rows_and_leaves_the_rest() -> None:
     assert sorted(salient.nonzero()[:, 1].tolist()) == sorted(top.ravel().tolist())
 
     plain = lowbit.fake_quant(x, FMT, axis=-1)
-    torch.testing.assert_close(y[~salient], plain[~salient], rtol=0, atol=0)
+    assert_same_bits(plain[~salient], y[~salient])
     residual = x[salient] - plain[salient]
-    torch.testing.assert_close(y[salient], plain[salient] + lowbit.fake_quant(residual, FMT, axis=-1), rtol=0, atol=0)
+    assert_same_bits(plain[salient] + lowbit.fake_quant(residual, FMT, axis=-1), y[salient])
     err_y = ((y - x)[salient] ** 2).sum(dim=-1)
     err_plain = ((plain - x)[salient] ** 2).sum(dim=-1)
     assert bool((err_y < err_plain).all())
@@ -225,7 +226,7 @@ def test_seda_sub_formatbooks_are_the_most_used_dialects() -> None:
     flat = [d for per_batch in expected for d in per_batch]
     sub = torch.from_numpy(np.arange(2)[:, None] * 3 + groups)[..., None]
     q1 = lowbit.quantize(x, FMT, axis=-1, subbooks=SubFormatbooks.from_dialects(flat, N_DIALECTS, ids=sub))
-    torch.testing.assert_close(y, lowbit.dequantize(q1), rtol=0, atol=0)
+    assert_same_bits(lowbit.dequantize(q1), y)
     chosen = np.asarray(q1.dialect_ids).reshape(2, 16, 2)
     for b in range(2):
         for t in range(16):
@@ -254,7 +255,7 @@ def test_seda_per_position_keeps_a_list_per_block_position() -> None:
                 masks[b * 3 + g, p, allowed] = True
     sub = torch.from_numpy(np.arange(2)[:, None] * 3 + groups)[..., None]
     q1 = lowbit.quantize(x, FMT, axis=-1, subbooks=SubFormatbooks(masks=masks, ids=sub))
-    torch.testing.assert_close(y, lowbit.dequantize(q1), rtol=0, atol=0)
+    assert_same_bits(lowbit.dequantize(q1), y)
     chosen = np.asarray(q1.dialect_ids).reshape(2, 16, 2)
     for b in range(2):
         for t in range(16):
@@ -299,16 +300,16 @@ def test_token_slice_uses_the_salient_rows_of_the_slice() -> None:
         assert rows.any()
         y, stats, applied = st.quantize("lin", "attn", x, step=0, tokens=tokens)
         assert applied == "decomposition"
-        torch.testing.assert_close(y[~rows], plain[~rows], rtol=0, atol=0)
+        assert_same_bits(plain[~rows], y[~rows])
         fixed = plain[rows] + lowbit.fake_quant(x[rows] - plain[rows], FMT, axis=-1)
-        torch.testing.assert_close(y[rows], fixed, rtol=0, atol=0)
+        assert_same_bits(fixed, y[rows])
         # plus the residual storage of exactly the slice's salient rows
         assert stats.bits == _packed_bits(2 * 6) + _packed_bits(int(rows.sum()))
     # a token that is salient in no batch item: nothing to add back, and no extra bits
     quiet = int(np.flatnonzero(~salient.any(dim=0).numpy())[0])
     y, stats, applied = st.quantize("lin", "attn", x[:, :1], step=0, tokens=slice(quiet, quiet + 1))
     assert applied == "decomposition"
-    torch.testing.assert_close(y, plain[:, :1], rtol=0, atol=0)
+    assert_same_bits(plain[:, :1], y)
     assert stats.bits == _packed_bits(2)
 
 
@@ -328,7 +329,7 @@ def test_token_slice_uses_the_groups_of_the_slice() -> None:
     sub = torch.from_numpy(np.arange(2)[:, None] * 3 + sliced)[..., None]
     flat = [d for per_batch in expected for d in per_batch]
     q1 = lowbit.quantize(x, FMT, axis=-1, subbooks=SubFormatbooks.from_dialects(flat, N_DIALECTS, ids=sub))
-    torch.testing.assert_close(y, lowbit.dequantize(q1), rtol=0, atol=0)
+    assert_same_bits(lowbit.dequantize(q1), y)
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +425,7 @@ def test_triton_backend_matches_numba() -> None:
         st.observe_attention("attn", q, k, step=0)
         results.append(st.quantize("lin", "attn", x, step=0))
     (y0, s0, a0), (y1, s1, a1) = results
-    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    assert_same_bits(y0, y1)
     assert a0 == a1 == "decomposition+seda" and s0.bits == s1.bits
 
 
@@ -439,7 +440,7 @@ def test_applied_labels_and_plain_fallbacks() -> None:
     st = SemanticState(FMT, Decomposition(layers=r"\.ff\."), SeDA(anchors=2, layers=r"to_out"))
     y, _, applied = st.quantize("blk.ff.0", "attn", x, step=0)
     assert applied == "plain (no attention state yet)"
-    torch.testing.assert_close(y, plain, rtol=0, atol=0)
+    assert_same_bits(plain, y)
     st.observe_attention("attn", q, k, step=0)
     assert st.quantize("blk.ff.0", "attn", x, step=0)[2] == "decomposition"
     assert st.quantize("blk.attn.to_out.0", "attn", x, step=0)[2] == "seda"
@@ -451,7 +452,7 @@ def test_applied_labels_and_plain_fallbacks() -> None:
     assert st.quantize("blk.ff.0", "attn", x[:, :3], step=0, tokens=slice(13, 16))[2] == "decomposition"
     y, _, applied = st.quantize("blk.ff.0", "attn", torch.cat([x, x[:1]]), step=0)
     assert applied == "plain (batch 3 != 2)"
-    torch.testing.assert_close(y[:2], plain, rtol=0, atol=0)
+    assert_same_bits(plain, y[:2])
 
 
 def test_cross_attention_is_ignored_and_reset_clears() -> None:

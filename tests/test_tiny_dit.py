@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from lowbit.models import tiny_dit
 from lowbit.models.shapes import FRAMES, SIZE, Caption
+from lowbit.testing.conformance import assert_same_bits
 
 SMALL = dict(tiny_dit.MODEL_CONFIG, num_layers=1)
 
@@ -29,7 +30,7 @@ def test_sampling_shapes_and_callback(model):
     one = tiny_dit.sample(model, caps, noise, steps=1, guidance=1.0)
     with torch.no_grad():
         v = model(noise, torch.ones(2), model.captions(caps))
-    torch.testing.assert_close(one, (noise - v).clamp(-1, 1), rtol=0, atol=0)
+    assert_same_bits((noise - v).clamp(-1, 1), one)
 
 
 def test_sample_rejects_bad_input(model):
@@ -47,7 +48,7 @@ def test_checkpoint_round_trip_is_float16_exact(model, tmp_path):
     assert tiny_dit.checkpoint_metadata(path) == {"config": model.config, "step": 5}
     for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == name_b
-        torch.testing.assert_close(b, a.to(torch.float16).to(torch.float32), rtol=0, atol=0)
+        assert_same_bits(a.to(torch.float16).to(torch.float32), b)
 
 
 def test_load_errors(tmp_path):

@@ -24,7 +24,7 @@ from test_conformance import EXTRA_SPECS
 import lowbit
 from lowbit.emulate import BackendUnavailable
 from lowbit.emulate.api import _check_backend_name
-from lowbit.formats import E8M0, BlockFormat, CodebookFormat, FloatFormat, IntFormat, evolve, get
+from lowbit.formats import E8M0, BlockFormat, CodebookFormat, IntFormat, evolve, get
 from lowbit.formats.spec import BLOCK_SPECS, Formatbook
 from lowbit.plugins.builtin_backends import TRITON
 from lowbit.plugins.builtin_formats import FP4_E2M1, NVFP4

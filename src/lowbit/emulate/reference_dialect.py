@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 

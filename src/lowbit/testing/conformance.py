@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 
 import lowbit
 from lowbit.formats import resolve
-from lowbit.formats.spec import BLOCK_SPECS, BlockFormat, CodebookFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
+from lowbit.formats.spec import BLOCK_SPECS, CodebookFormat, ExpScaleFormat, FloatFormat, IntFormat, decode_exact
 from lowbit.testing import strategies
 
 OUT_DTYPES = strategies.DTYPES
