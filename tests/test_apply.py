@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 import lowbit
 import lowbit.emulate.model as model_module
 from lowbit.cli import main
-from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, Report, apply, get_recipe, recipes, remove
+from lowbit.emulate import Keep, LayerPolicy, Quantize, Recipe, Report, apply, calibrate, get_recipe, recipes, remove
 from lowbit.emulate import semantic
 from lowbit.emulate.scaled import Scaling
 from lowbit.emulate.semantic import Decomposition, SeDA
@@ -355,6 +356,13 @@ def test_double_apply_and_remove_without_apply_are_errors() -> None:
         remove(model)
 
 
+def test_apply_and_remove_take_only_a_module() -> None:
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        apply("x", "mxfp4")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        remove("x")  # type: ignore[arg-type]
+
+
 def test_unknown_names_and_fields_are_clear_errors() -> None:
     model = make_model()
     before = snapshot(model)
@@ -366,6 +374,14 @@ def test_unknown_names_and_fields_are_clear_errors() -> None:
         apply(model, "mxfp4", layers=LayerPolicy(exact={"proj_out": Quantize(activation="int3")}))
     with pytest.raises(ValueError, match=r"unknown recipe field\(s\) 'weights'.*weight, activation"):
         apply(model, "mxfp4", weights="nvfp4")
+    # a misspelt keyword of apply itself lands in the overrides: the error names apply's keywords too
+    with pytest.raises(ValueError, match=r"unknown recipe field\(s\) 'stat'; a Recipe has name, weight, .*, "
+                                         r"description; apply\(\) itself takes the keyword arguments stats, "
+                                         r"backend, token_order$"):
+        apply(model, "mxfp4", stat=False)
+    with pytest.raises(ValueError, match=r"unknown recipe field\(s\) 'progres'.*; calibrate\(\) itself takes the "
+                                         r"keyword arguments steps, progress, stats, backend, token_order$"):
+        calibrate(model, "static_w8a8", lambda m: None, steps=1, progres=False)
     with pytest.raises(ValueError, match="no activation format"):
         apply(model, "semantic_dialect", activation=None)
     with pytest.raises(TypeError, match="Recipe or a registered recipe name"):
@@ -407,6 +423,27 @@ def test_exact_name_beats_pattern_beats_default() -> None:
     assert {k: op.format for k, op in layers["blocks.1.attn1.to_v"].operands.items()} == {"weight": "nvfp4", "activation": "mxfp4"}
     assert not layers["blocks.1.ff.0"].quantized and layers["blocks.1.ff.0"].reason == "not listed"
     assert not layers["x_embedder"].quantized
+
+
+def test_exact_names_that_match_no_layer_warn() -> None:
+    model = make_model()
+    # a name that does not exist, and a module that is neither a linear nor an attention
+    # module (the rule would not reach the linears inside it)
+    exact = {"blocks.9.nonexistent": Keep(), "blocks.0.ff": Keep(), "blocks.0.ff.0": Keep()}
+    policy = LayerPolicy().with_rules(exact=exact)
+    with pytest.warns(UserWarning) as record:
+        apply(model, "mxfp4", layers=policy).remove()
+    (warning,) = [w for w in record if "exact name" in str(w.message)]
+    assert str(warning.message).startswith(
+        "recipe 'mxfp4': the layer-policy exact name(s) 'blocks.9.nonexistent', 'blocks.0.ff' match no nn.Linear "
+        "or attention module of this ToyDiT"
+    )
+    assert warning.filename == __file__  # it points at the apply call
+    # exact names of a linear and of an attention module: no warning
+    policy = LayerPolicy().with_rules(exact={"blocks.0.ff.0": Keep(), "blocks.0.attn1": Quantize()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply(model, "mxfp4", layers=policy).remove()
 
 
 def test_with_rules_puts_new_rules_first() -> None:
@@ -451,9 +488,10 @@ def test_pv_quantizes_p_and_v_along_the_key_axis() -> None:
         forward(model)
         q, k, v, out = _sdpa_inputs(model)
         report = emulation.report()
-    p = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
+    # the documented computation: softmax(q k^T * scale) in float32, scale = 1/sqrt(head dim)
+    p = torch.softmax((q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1])), dim=-1)
     expected = lowbit.fake_quant(p, "nvfp4", axis=-1) @ lowbit.fake_quant(v, "nvfp4", axis=-2)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)  # softmax rounding may differ in the last bit
+    assert_same_bits(expected, out)
     assert not torch.allclose(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5)
     attn = next(lay for lay in report.layers if lay.name == "blocks.0.attn1")
     assert set(attn.operands) == {"p", "v"} and attn.calls == 1 and math.isfinite(attn.output_sqnr_db)
@@ -474,7 +512,11 @@ def test_pv_respects_a_boolean_mask() -> None:
         out2 = model_module._explicit_attention(q, k, v2, {**model_module._SDPA_DEFAULTS, "attn_mask": mask},
                                                 lambda t: t, lambda t: t)  # fmt: skip
     torch.testing.assert_close(out2, fp, rtol=1e-5, atol=1e-6)
-    assert (out - fp).abs().max() < 0.2 * fp.abs().max()
+    # the quantized output: softmax(q k^T * scale) with masked keys at -inf (so exactly 0 in P)
+    logits = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]))
+    p = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+    assert torch.all(p[..., -4:] == 0)
+    assert_same_bits(lowbit.fake_quant(p, "mxfp4", axis=-1) @ lowbit.fake_quant(v, "mxfp4", axis=-2), out)
 
 
 # ---------------------------------------------------------------------------
@@ -632,6 +674,62 @@ def test_report_json_table_and_plots(tmp_path: Path) -> None:
     written = report.plot(tmp_path)
     assert [p.name for p in written] == ["sqnr.png", "dialects.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_report_sqnr_and_clip_rate_match_a_hand_computation() -> None:
+    # One MXFP4 linear (layer "0", blocks of 32) over two forwards, the second with rare
+    # large outliers. By the definitions of docs/models.md (Report) and lowbit.emulate.stats:
+    # output SQNR = 10 log10(sum y^2 / sum (y_q - y)^2), y = x W^T + b, y_q = Q(x) Q(W)^T + b,
+    # both sums over every element of both forwards; clip rate = the share of elements whose
+    # magnitude exceeds the largest magnitude of their dequantized block.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48))
+    g = torch.Generator().manual_seed(3)
+    outliers = 1 + 30 * (torch.rand(3, 7, 64, generator=g) < 0.02)
+    xs = [torch.randn(2, 5, 64, generator=g), torch.randn(3, 7, 64, generator=g) * outliers]
+    with apply(model, "mxfp4") as emulation, torch.no_grad():
+        for x in xs:
+            model(x)
+        report = emulation.report()
+    with torch.no_grad():
+        w, b = model[0].weight, model[0].bias
+        w_q = lowbit.fake_quant(w, "mxfp4", axis=-1)
+
+        def clipped(t: torch.Tensor, t_q: torch.Tensor) -> int:
+            blocks, blocks_q = t.abs().reshape(-1, 2, 32), t_q.abs().reshape(-1, 2, 32)
+            return int((blocks > blocks_q.amax(dim=-1, keepdim=True)).sum())
+
+        signal, error, per_forward_db, x_clipped = [], [], [], 0
+        for x in xs:
+            x_q = lowbit.fake_quant(x, "mxfp4", axis=-1)
+            y, y_q = F.linear(x, w, b).double(), F.linear(x_q, w_q, b).double()
+            signal.append(float((y**2).sum()))
+            error.append(float(((y_q - y) ** 2).sum()))
+            per_forward_db.append(10 * math.log10(signal[-1] / error[-1]))
+            x_clipped += clipped(x, x_q)
+        sqnr = 10 * math.log10(sum(signal) / sum(error))
+        activation_clip = x_clipped / sum(x.numel() for x in xs)
+        weight_clip = clipped(w, w_q) / w.numel()
+    # summing over forwards is not averaging the forwards' SQNRs: the test tells them apart
+    assert abs(sqnr - sum(per_forward_db) / 2) > 1.0
+    assert x_clipped > 0 and weight_clip > 0  # MXFP4 saturates a block maximum in (6, 8) x 2^e to 6 x 2^e
+    (layer,) = report.quantized
+    ops = layer.operands
+    assert layer.name == "0" and layer.calls == 2 and ops["activation"].elements == sum(x.numel() for x in xs)
+    # The float32 outputs are the same bits as the emulation's; only the order of the
+    # float64 sums differs, so the SQNR agrees to float64 rounding: each sum of ~1500
+    # terms is within ~1500 * 2^-53 relative, i.e. ~1e-12 dB; the clip rates are
+    # ratios of the same integer counts, so they are equal exactly.
+    assert layer.output_sqnr_db == pytest.approx(sqnr, rel=0, abs=1e-9)
+    assert ops["activation"].clip_rate == activation_clip and ops["weight"].clip_rate == weight_clip
+    # the JSON holds the same values and the table shows them rounded
+    (data,) = [lay for lay in json.loads(report.to_json())["layers"] if lay["name"] == "0"]
+    assert data["output_sqnr_db"] == layer.output_sqnr_db
+    assert data["operands"]["activation"]["clip_rate"] == activation_clip
+    columns = {column.header: list(column.cells) for column in report.table().columns}
+    row = columns["layer"].index("0")
+    assert columns["out SQNR dB"][row] == f"{sqnr:.2f}"
+    assert columns["clip"][row] == f"{100 * activation_clip:.3f}%"
 
 
 def test_report_of_non_formatbook_recipe_writes_only_the_sqnr_plot(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 The scores are recorded by scripts/train_tiny_dit.py from the shipped float16 weights;
 sampling them again must give the same scores up to one video in 48 per attribute,
-since float32 CPU kernels may round differently on another machine. The targets of
-the issue (90% / 90% / 80%) are reported in docs/tiny_dit.md, not asserted here.
+since float32 CPU kernels may round differently on another machine. The recorded
+scores must meet the issue's targets (colour 90%, shape 90%, direction 80% of the
+full-precision samples; reported in docs/tiny_dit.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ def test_bundled_checkpoint_is_small_and_self_describing():
     meta = tiny_dit.checkpoint_metadata()
     assert set(meta) == {"config", "step", "train_minutes", "scores"}
     assert meta["step"] > 0 and meta["train_minutes"] > 0
+
+
+def test_recorded_scores_meet_the_targets():
+    scores = tiny_dit.checkpoint_metadata()["scores"]
+    assert set(scores) == {"colour", "shape", "direction"}
+    assert scores["colour"] >= 0.90 and scores["shape"] >= 0.90 and scores["direction"] >= 0.80, scores
 
 
 def test_bundled_checkpoint_reproduces_its_recorded_scores():

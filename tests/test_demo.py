@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 from lowbit.cli import main
+from lowbit.emulate import recipes
 from lowbit.models import demo, tiny_dit
+from lowbit.registry import registry
+from lowbit.testing.conformance import assert_same_bits
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +46,23 @@ def test_demo_writes_the_table_gif_frames_and_plots(checkpoint, tmp_path, capsys
         assert Image.open(out / png).size[0] > 100
 
 
+def test_demo_recipes_are_every_builtin_recipe():
+    # built-in: registered by the project's own plugin (the registry records each recipe's
+    # plugin); none is left out of the demo, in registration order
+    origin = registry().recipes.origin
+    builtin = [name for name in recipes() if origin[name] == "lowbit.plugins.builtin_recipes"]
+    assert demo.DEMO_RECIPES == tuple(builtin)
+
+
 def test_same_noise_gives_the_same_videos(checkpoint):
     model = tiny_dit.load_bundled(checkpoint)
     caps = [demo.Caption.parse(c) for c in demo.DEMO_CAPTIONS[:2]]
     a = demo.run_variants(model, caps, demo.demo_noise(2), ["mxfp4"], steps=2)
     b = demo.run_variants(model, caps, demo.demo_noise(2), ["mxfp4"], steps=2)
     for va, vb in zip(a, b):
-        torch.testing.assert_close(va.videos, vb.videos, rtol=0, atol=0)
+        assert_same_bits(va.videos, vb.videos)
     # video i's noise does not depend on how many videos are drawn
-    torch.testing.assert_close(demo.demo_noise(3)[:2], demo.demo_noise(2), rtol=0, atol=0)
+    assert_same_bits(demo.demo_noise(3)[:2], demo.demo_noise(2))
 
 
 def test_unknown_recipe_is_a_clear_error(checkpoint, tmp_path, capsys):

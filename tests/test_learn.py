@@ -218,7 +218,8 @@ def test_registered_semantic_dialect() -> None:
 
 
 def test_semantic_dialect_table_is_what_the_script_learns() -> None:
-    # the full seeded calibration mix (4 x 4000 blocks, greedy): a few seconds
+    # reproducibility, not a golden value: the shipped table is what the script learns
+    # from the full seeded calibration mix (4 x 4000 blocks, greedy): a few seconds
     assert _script().learn_semantic_dialect() == get("semantic_dialect").dialects
 
 

@@ -1,5 +1,5 @@
 """Plugins: the example package found through its entry point, broken plugins,
-run-time registration and backends contributed by plugins.
+run-time registration, and backends and recipes contributed by plugins.
 
 The example package ``examples/lowbit-e3m2-sr`` must be installed into the test
 environment (``make test`` installs it); without it the discovery test fails.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import re
 import sys
 import textwrap
@@ -21,14 +22,18 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import lowbit
 import lowbit.registry as registry_module
+from lowbit.cli import main
 from lowbit.emulate import Backend, BackendUnavailable, Quantized, available_backends
 from lowbit.formats import E8M0, BlockFormat, FloatFormat, evolve
 from lowbit.formats.spec import SPEC_TYPES
 from lowbit.plugins.builtin_formats import BUILTIN_FORMATS, FP6_E3M2, MXFP4
 from lowbit.registry import LowbitPluginWarning, registry
+from lowbit.testing.conformance import assert_same_bits
 
 PLUGIN = "e3m2_sr"
 PLUGIN_MODULE = "lowbit_e3m2_sr"
@@ -397,3 +402,64 @@ def test_unavailable_backend_reports_why(backend: Backend, reason: str, isolated
         with pytest.raises(BackendUnavailable) as err:
             call(X, "mxfp4", backend=backend.name)
         assert str(err.value) == reason
+
+
+# ---------------------------------------------------------------------------
+# recipes contributed by plugins
+
+
+RECIPE_PLUGIN = """
+    \"\"\"A third-party recipe plugin: the recipe of docs/models.md, after a value that is no Recipe.\"\"\"
+
+    from types import SimpleNamespace
+
+    import lowbit
+    from lowbit.emulate import Recipe
+
+    W4A8 = Recipe(name="w4a8", weight="mxfp4", activation="mxfp8_e4m3")
+
+
+    @lowbit.hookimpl
+    def register_recipes(register):
+        register(SimpleNamespace(name="bogus"))  # named, but no Recipe: apply and `lowbit recipes` cannot use it
+        register(W4A8)
+"""
+
+
+def test_plugin_recipe_applies_by_name_and_a_non_recipe_is_skipped(
+    isolated_registry: None,
+    make_module: Callable[[str, str], str],
+    extra_entry_points: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    module = make_module("lowbit_test_recipe_plugin", RECIPE_PLUGIN)
+    extra_entry_points(recipe_plugin=module)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = lowbit.emulate.recipes()
+    assert [str(w.message) for w in caught if issubclass(w.category, LowbitPluginWarning)] == [
+        "plugin 'recipe_plugin' registered an invalid recipe, ignored: "
+        "recipe 'bogus' is a SimpleNamespace, not a lowbit.emulate.Recipe"
+    ]
+    assert table["w4a8"] is importlib.import_module(module).W4A8 and "bogus" not in table
+    origin = registry().recipes.origin
+    assert origin["w4a8"] == "recipe_plugin" and origin["mxfp4"] == "lowbit.plugins.builtin_recipes"
+
+    # used by name: weights in mxfp4, inputs in mxfp8_e4m3, both in blocks along the input features
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 16)
+    x = torch.randn(3, 64)
+    with lowbit.emulate.apply(linear, "w4a8"):
+        y = linear(x)
+    w = linear.weight.detach()
+    expected = F.linear(lowbit.fake_quant(x, "mxfp8_e4m3", axis=-1), lowbit.fake_quant(w, "mxfp4", axis=-1), linear.bias)
+    assert_same_bits(expected, y)
+    with pytest.raises(ValueError, match="unknown recipe 'bogus'"):
+        lowbit.emulate.apply(linear, "bogus")
+
+    assert main(["recipes", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert list(rows) == list(table) and "bogus" not in rows
+    assert [rows["w4a8"][k] for k in ("weight", "activation", "plugin")] == ["mxfp4", "mxfp8_e4m3", "recipe_plugin"]
+    assert main(["recipes"]) == 0
+    assert re.search(r"w4a8 .* mxfp4 .* mxfp8_e4m3 .* recipe_plugin", capsys.readouterr().out)

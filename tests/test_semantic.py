@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from test_triton import DEVICE, needs_triton, quiet_interpreter
 
 import lowbit
-from lowbit.emulate import SubFormatbooks
+from lowbit.emulate import Recipe, SubFormatbooks
 from lowbit.emulate.semantic import Decomposition, SeDA, SemanticState, attention_groups, attention_saliency
 from lowbit.testing.conformance import assert_same_bits
 
@@ -177,6 +177,37 @@ def test_decomposition_improves_salient_rows_and_leaves_the_rest() -> None:
     err_plain = ((plain - x)[salient] ** 2).sum(dim=-1)
     assert bool((err_y < err_plain).all())
     assert stats.sq_error == pytest.approx(float(((y.double() - x.double()) ** 2).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "residual_format, residual_bits",
+    [
+        # 4 salient tokens (ceil(0.25 * 16)) x 2 batch items x 64 channels = 512 residual elements.
+        # fp8_e4m3 is a scalar format: 1 sign + 4 exponent + 3 mantissa bits = 8 bits per element, no scales
+        ("fp8_e4m3", 512 * 8),
+        # mxfp8_e4m3: the same 8-bit elements plus one 8-bit E8M0 scale per block of 32: 512 / 32 = 16 blocks
+        ("mxfp8_e4m3", 512 * 8 + 16 * 8),
+    ],
+)
+def test_decomposition_residual_in_its_own_format(residual_format: str, residual_bits: int) -> None:
+    q, k = _qk(24)
+    x = _activations(24)
+    st = SemanticState(FMT, Decomposition(fraction=0.25, residual_format=residual_format), None)
+    st.observe_attention("attn", q, k, step=0)
+    y, stats, applied = st.quantize("blk.ff", "attn", x, step=0)
+    assert applied == "decomposition"
+    salient = st.attention_state("attn").salient
+    assert salient.sum(dim=1).tolist() == [4, 4]
+
+    plain = lowbit.fake_quant(x, FMT, axis=-1)
+    assert_same_bits(plain[~salient], y[~salient])
+    residual = x[salient] - plain[salient]
+    fixed = lowbit.fake_quant(residual, residual_format, axis=-1)
+    assert not torch.equal(fixed, lowbit.fake_quant(residual, FMT, axis=-1))  # the residual's format shows
+    assert_same_bits(plain[salient] + fixed, y[salient])
+    # the main quantization as in test_bits_by_hand (2048 4-bit codes, 64 5-bit exponents, 64 5-bit
+    # dialect ids), plus the residual's storage in its own format
+    assert stats.bits == 2048 * 4 + 64 * 5 + 64 * 5 + residual_bits
 
 
 def test_decomposition_keeps_dtype_and_leading_dims() -> None:
@@ -414,18 +445,18 @@ def test_bits_by_hand(decomposition: Decomposition | None, seda: SeDA | None, bi
     assert stats.bits == bits and stats.elements == 2048
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
-@pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+@needs_triton
+@quiet_interpreter
 def test_triton_backend_matches_numba() -> None:
     q, k = _qk(23, b=1)
     x = _activations(23, (1, 16, 64))
     results = []
-    for backend in ("numba", "triton"):
+    for backend, device in (("numba", "cpu"), ("triton", DEVICE)):  # DEVICE: the interpreter's CPU, or CUDA
         st = SemanticState(FMT, Decomposition(fraction=0.25), SeDA(anchors=2, dialects_per_group=4), backend=backend)
-        st.observe_attention("attn", q, k, step=0)
-        results.append(st.quantize("lin", "attn", x, step=0))
+        st.observe_attention("attn", q.to(device), k.to(device), step=0)
+        results.append(st.quantize("lin", "attn", x.to(device), step=0))
     (y0, s0, a0), (y1, s1, a1) = results
-    assert_same_bits(y0, y1)
+    assert_same_bits(y0, y1.cpu())
     assert a0 == a1 == "decomposition+seda" and s0.bits == s1.bits
 
 
@@ -477,6 +508,20 @@ def test_seda_refuses_formats_without_restrictable_selection(fmt: str, why: str)
     with pytest.raises(ValueError, match=why):
         SemanticState(fmt, None, SeDA())
     SemanticState(fmt, Decomposition(), None)  # decomposition works with any format
+
+
+@pytest.mark.parametrize("policy, key", [(Decomposition, "decomposition"), (SeDA, "assignment")])
+def test_a_bad_layers_regex_is_refused_when_the_policy_is_made(policy: type, key: str) -> None:
+    # the message of LayerPolicy's patterns, with re's own reason (position 7 is the unclosed "(")
+    problem = rf"{policy.__name__}\.layers 'blocks\.\(0' is not a valid regex: missing \), unterminated subpattern at position 7"
+    with pytest.raises(ValueError, match=rf"^{problem}$"):
+        policy(layers="blocks.(0")
+    with pytest.raises(TypeError, match=rf"^{policy.__name__}\.layers must be a regex string or None, got 3$"):
+        policy(layers=3)
+    data = Recipe(name="r", activation=FMT, **{key: policy()}).to_dict()  # e.g. a checkpoint's recipe
+    data[key]["layers"] = "blocks.(0"
+    with pytest.raises(ValueError, match=rf"^{key}: {problem}$"):
+        Recipe.from_dict(data)
 
 
 def test_clear_errors() -> None:

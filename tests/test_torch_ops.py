@@ -1,5 +1,6 @@
 """torch.ops.lowbit.fake_quant: the custom op equals lowbit.fake_quant bit for bit, passes
-torch.library's opcheck, has a CUDA kernel, gives a zero or straight-through gradient,
+torch.library's opcheck, has a CUDA kernel (equal to Numba's results where TRITON_INTERPRET=0
+and CUDA are present), gives a zero or straight-through gradient,
 and survives torch.compile (Inductor, on the CPU) and torch.export."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_triton import DEVICE
 
 import lowbit
 from lowbit.emulate import fake_quant_op
@@ -51,6 +53,13 @@ def test_opcheck() -> None:
 def test_cuda_kernel_is_registered() -> None:
     assert torch._C._dispatch_has_kernel_for_dispatch_key("lowbit::fake_quant", "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("lowbit::fake_quant", "CPU")
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or not torch.cuda.is_available(), reason="needs TRITON_INTERPRET=0 and CUDA")
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "dialectfp4"])
+def test_cuda_kernel_equals_numba(fmt: str) -> None:
+    x = _x((6, 64))
+    assert_same_bits(lowbit.fake_quant(x, fmt, backend="numba"), fake_quant_op(x.to(DEVICE), fmt).cpu())
 
 
 @pytest.mark.parametrize("ste", [False, True])

@@ -6,7 +6,8 @@ format it implements (plugins included) and for specs covering the remaining pol
 The kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set by
 tests/conftest.py before anything imports Triton). Each program instance costs milliseconds there, so the
 inputs are small and the backend's interpreter tiles keep every launch to a few dozen
-program instances.
+program instances. On a GPU machine, ``TRITON_INTERPRET=0 pytest tests/test_triton*.py``
+runs the same comparisons with the compiled kernels on CUDA tensors (Numba on CPU copies).
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from lowbit.formats.spec import BLOCK_SPECS, Formatbook
 from lowbit.plugins.builtin_backends import TRITON
 from lowbit.plugins.builtin_formats import FP4_E2M1, NVFP4
 from lowbit.testing import strategies
-from lowbit.testing.conformance import bits, input_dtypes
+from lowbit.testing.conformance import bits, input_dtypes, raises_on_nan
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1"),
-    # the interpreter evaluates both sides of every tl.where, NaN and Inf lanes included
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-]
+# where the Triton side runs: the interpreter's CPU tensors, or the compiled kernels on CUDA
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+needs_triton = pytest.mark.skipif(
+    DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs TRITON_INTERPRET=1 or CUDA"
+)
+# the interpreter evaluates both sides of every tl.where, NaN and Inf lanes included
+quiet_interpreter = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+pytestmark = [needs_triton, quiet_interpreter]
 
 OUT_KINDS = strategies.DTYPES
 REGISTERED = [n for n in lowbit.formats.names() if TRITON.implements(get(n))]
@@ -61,6 +65,11 @@ def _torch(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.copy())
 
 
+def _triton(spec: Any, t: torch.Tensor, **kw: Any) -> lowbit.Quantized:
+    """``t`` quantized by the Triton backend on DEVICE."""
+    return lowbit.quantize(t.to(DEVICE), spec, backend="triton", **kw)
+
+
 def _same(what: str, expected: Any, got: Any) -> None:
     e, g = bits(expected), bits(got)
     assert e.dtype == g.dtype and e.shape == g.shape, f"{what}: {e.dtype} {e.shape} vs {g.dtype} {g.shape}"
@@ -70,20 +79,21 @@ def _same(what: str, expected: Any, got: Any) -> None:
 
 def _compare(spec: Any, x: np.ndarray, seed: int, *, axis: int = -1, out_kinds: tuple[str, ...] = OUT_KINDS,
              subbooks: Any = None) -> None:  # fmt: skip
-    """Triton (on a tensor) against Numba (on the same tensor): quantize, dequantize, fake_quant
-    (``subbooks``: Formatbooks' sub-formatbooks, given to both)."""
+    """Triton (on a tensor on DEVICE) against Numba (on the same values on CPU): quantize,
+    dequantize, fake_quant (``subbooks``: Formatbooks' sub-formatbooks, given to both). A
+    format with nan="raise" must refuse NaN on both; the NaNs are then replaced by 0 and
+    the rest compared."""
     t = _torch(x)
     kw = {"seed": seed, "axis": axis, "subbooks": subbooks}
-    try:
-        qn = lowbit.quantize(t, spec, backend="numba", **kw)
-    except ValueError as e:  # nan="raise" with a NaN: Triton must refuse too
-        with pytest.raises(ValueError, match="has no NaN code"):
-            lowbit.quantize(t, spec, backend="triton", **kw)
-        with pytest.raises(ValueError, match="has no NaN code"):
-            lowbit.fake_quant(t, spec, backend="triton", **kw)
-        assert "has no NaN code" in str(e)
-        return
-    qt = lowbit.quantize(t, spec, backend="triton", **kw)
+    if raises_on_nan(spec) and torch.isnan(t).any():
+        for backend, data in (("numba", t), ("triton", t.to(DEVICE))):
+            with pytest.raises(ValueError, match="has no NaN code"):
+                lowbit.quantize(data, spec, backend=backend, **kw)
+            with pytest.raises(ValueError, match="has no NaN code"):
+                lowbit.fake_quant(data, spec, backend=backend, **kw)
+        t = torch.where(torch.isnan(t), torch.zeros((), dtype=t.dtype), t)
+    qn = lowbit.quantize(t, spec, backend="numba", **kw)
+    qt = _triton(spec, t, **kw)
     assert isinstance(qt.codes, torch.Tensor)  # a tensor input keeps its storage on its device
     qc = qt.cpu()
     for field in ("codes", "scale_codes", "scales", "nan_mask", "dialect_ids"):
@@ -98,7 +108,7 @@ def _compare(spec: Any, x: np.ndarray, seed: int, *, axis: int = -1, out_kinds: 
         _same(f"dequantize to {kind}", lowbit.dequantize(qn, backend="numba", dtype=kind),
               lowbit.dequantize(qt, backend="triton", dtype=kind))  # fmt: skip
     fn = lowbit.fake_quant(t, spec, backend="numba", **kw)
-    _same("fake_quant", fn, lowbit.fake_quant(t, spec, backend="triton", **kw))
+    _same("fake_quant", fn, lowbit.fake_quant(t.to(DEVICE), spec, backend="triton", **kw))
 
 
 def _examples(spec: Any, kind: str) -> np.ndarray:
@@ -152,10 +162,11 @@ def test_nan_mask_of_rows_not_a_multiple_of_8() -> None:
     x = np.random.default_rng(5).standard_normal((3, 13)).astype(np.float32)
     x[0, 12], x[1, 0], x[2, 7] = np.nan, np.nan, np.nan
     _compare(get("fp4_e2m1"), x, seed=1)
-    y = lowbit.dequantize(lowbit.quantize(_torch(x), "fp4_e2m1", backend="triton"), backend="triton")
-    np.testing.assert_array_equal(np.isnan(y.numpy()), np.isnan(x))
+    y = lowbit.dequantize(_triton("fp4_e2m1", _torch(x)), backend="triton")
+    np.testing.assert_array_equal(np.isnan(y.cpu().numpy()), np.isnan(x))
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="numpy input reaches Triton only in the interpreter")
 def test_numpy_input_gives_numpy_storage_and_output() -> None:
     x = np.linspace(-7, 7, 64, dtype=np.float32).reshape(2, 32)
     q = lowbit.quantize(x, "mxfp4", backend="triton")
@@ -168,9 +179,9 @@ def test_numpy_input_gives_numpy_storage_and_output() -> None:
 def test_stochastic_bits_are_the_seeds() -> None:
     # the same seed gives Numba's codes; another seed gives other codes (the bits are used)
     x = torch.linspace(-20, 20, 2000).reshape(4, 500)
-    a = lowbit.quantize(x, "fp6_e3m2_sr", backend="triton", seed=1).cpu().codes
+    a = _triton("fp6_e3m2_sr", x, seed=1).cpu().codes
     _same("codes", lowbit.quantize(x, "fp6_e3m2_sr", backend="numba", seed=1).codes, a)
-    assert (lowbit.quantize(x, "fp6_e3m2_sr", backend="triton", seed=2).cpu().codes != a).any()
+    assert (_triton("fp6_e3m2_sr", x, seed=2).cpu().codes != a).any()
 
 
 def test_every_registered_format_is_implemented() -> None:

@@ -22,9 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import test_triton
 from test_dialect_fast_paths import _adversarial
-from test_triton import _compare, _examples, _params
+from test_triton import _compare, _examples, _params, _triton
 
-import lowbit
 from lowbit.emulate import SubFormatbooks
 from lowbit.formats import evolve, get, names
 from lowbit.formats.spec import E8M0, Formatbook
@@ -32,7 +31,7 @@ from lowbit.plugins.builtin_backends import TRITON
 from lowbit.testing import strategies
 from lowbit.testing.conformance import input_dtypes
 
-pytestmark = test_triton.pytestmark  # TRITON_INTERPRET=1 only; the interpreter's warnings
+pytestmark = test_triton.pytestmark  # the interpreter or CUDA; the interpreter's warnings
 
 DIALECTFP4, MSE, SEMANTIC = get("dialectfp4"), get("dialectfp4_mse"), get("semantic_dialect")
 REGISTERED = [get(n) for n in names() if isinstance(get(n), Formatbook)]
@@ -135,10 +134,10 @@ def test_sub_formatbooks(spec: Formatbook) -> None:
     per_position = np.stack([_subbooks(nd, 0, rng).masks for _ in range(4)], axis=1)
     _compare(spec, x, seed=0, out_kinds=("float32",), subbooks=SubFormatbooks(masks=per_position, ids=rng.integers(0, 4, (6, 1))))
     # the restriction is in force: a block's dialect is one its sub-formatbook allows
-    q = lowbit.quantize(torch.from_numpy(x), spec, backend="triton", subbooks=sb).cpu()
+    q = _triton(spec, torch.from_numpy(x), subbooks=sb).cpu()
     ok = ~np.isnan(q.scales)
     assert sb.masks[sb.ids, q.dialect_ids][ok].all()
-    free = lowbit.quantize(torch.from_numpy(x), spec, backend="triton").cpu()
+    free = _triton(spec, torch.from_numpy(x)).cpu()
     assert (free.dialect_ids[ok] != q.dialect_ids[ok]).any()  # and it changes some choices
 
 

@@ -16,7 +16,8 @@ hookimpl = pluggy.HookimplMarker("lowbit")
 
 @hookspec
 def register_formats(register: Callable[[Any], None]) -> None:
-    """Call ``register(spec)`` for each format spec (a frozen value with a ``name``)."""
+    """Call ``register(spec)`` for each format spec (a FloatFormat, IntFormat, CodebookFormat,
+    BlockFormat or Formatbook of :mod:`lowbit.formats`)."""
 
 
 @hookspec
@@ -26,4 +27,4 @@ def register_backends(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_recipes(register: Callable[[Any], None]) -> None:
-    """Call ``register(recipe)`` for each model recipe (a frozen value with a ``name``)."""
+    """Call ``register(recipe)`` for each model recipe (a :class:`lowbit.emulate.Recipe`)."""

@@ -1,9 +1,11 @@
 """The plugin registry: a pluggy PluginManager over the entry-point group "lowbit".
 
 Built-in plugins (``lowbit.plugins.*``) and third-party packages register through
-the same hooks. A plugin that fails to import, raises inside a hook or registers
-a name that is already taken produces a ``LowbitPluginWarning`` naming the plugin
-and the cause; everything else keeps working.
+the same hooks. A plugin that fails to import, raises inside a hook, registers a
+value of the wrong kind (a format that is no format spec, a backend that is no
+``Backend``, a recipe that is no ``Recipe``) or a name that is already taken produces
+a ``LowbitPluginWarning`` naming the plugin and the cause (a wrong value is
+skipped); everything else keeps working.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class Registry:
         self._hooks: tuple[tuple[str, _Table[Any], Callable[[Any], str]], ...] = (
             ("register_formats", self.formats, _check_format),
             ("register_backends", self.backends, _check_backend),
-            ("register_recipes", self.recipes, _check_named),
+            ("register_recipes", self.recipes, _check_recipe),
         )
         self._loaded = False
 
@@ -166,6 +168,15 @@ def _check_backend(value: Any) -> str:
     problem = _check_named(value)
     if not problem and not isinstance(value, Backend):
         problem = f"backend {value.name!r} is not a lowbit.emulate.Backend"
+    return problem
+
+
+def _check_recipe(value: Any) -> str:
+    from lowbit.emulate.recipes import Recipe
+
+    problem = _check_named(value)
+    if not problem and not isinstance(value, Recipe):
+        problem = f"recipe {value.name!r} is a {type(value).__name__}, not a lowbit.emulate.Recipe"
     return problem
 
 

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import inspect
 import math
+import warnings
 import weakref
 from collections import Counter
 from types import MappingProxyType
@@ -355,13 +356,17 @@ class Emulation:
         """Decide every layer's treatment and quantize the weights; nothing is installed yet."""
         recipe = self.recipe
         orders: dict[str, TokenOrder] = {}  # module name -> its class's joint token order
+        decided: set[str] = set()  # the modules the layer policy was asked about
         for name, module in self.model.named_modules():
             if type(module).__name__ in JOINT_TOKEN_ORDER:
                 orders[name] = JOINT_TOKEN_ORDER[type(module).__name__]
             if isinstance(module, nn.Linear):
                 self._plan_linear(name, module)
+                decided.add(name)
             elif name and callable(getattr(module, "processor", None)):
                 self._plan_attention(name, module)
+                decided.add(name)
+        self._warn_unmatched(decided)
         attentions = [s.name for s in self.sites.values() if s.kind == "attention"]
         if recipe.semantic:
             self.semantic = semantic.SemanticState(
@@ -382,6 +387,19 @@ class Emulation:
                 if block is not None:
                     self._block_of[site.name] = block
         self._quantize_weights()
+
+    def _warn_unmatched(self, decided: set[str]) -> None:
+        """Warn about exact-name layer rules that name no linear or attention module of the model."""
+        unmatched = [name for name, _ in self.recipe.layers.exact if name not in decided]
+        if unmatched:
+            warnings.warn(
+                f"recipe {self.recipe.name!r}: the layer-policy exact name(s) {', '.join(map(repr, unmatched))} "
+                f"match no nn.Linear or attention module of this {type(self.model).__name__}, so those rules do "
+                "nothing (exact names are full module paths in the model given to apply, as named_modules() "
+                "gives them)",
+                UserWarning,
+                stacklevel=5,  # _warn_unmatched, _plan, Emulation.__init__, apply, the caller of apply
+            )
 
     def _quantize_weights(self) -> None:
         """Quantize every quantized linear's weight (again after calibration: SmoothQuant
@@ -870,24 +888,32 @@ def apply(
 ) -> Emulation:
     """Emulate ``recipe`` (a :class:`Recipe` or a registered name) on ``model``.
 
-    ``overrides`` replace recipe fields (``apply(model, "mxfp4", qk="mxfp8_e4m3")``).
+    ``overrides`` replace recipe fields (``apply(model, "mxfp4", qk="mxfp8_e4m3")``); an
+    unknown one is a ValueError listing the recipe fields and these keyword arguments.
     ``stats=False`` skips the statistics (for timing). ``backend`` is the emulation
     backend ("auto": Triton for CUDA tensors, Numba otherwise). ``token_order``
     ("text_first" or "video_first") is the order of the two streams in the joint
     attention of dual-stream blocks, for the semantic policies; None: looked up in
     :data:`JOINT_TOKEN_ORDER` by class name. Move the model to its device and dtype
-    before applying: weights are quantized here, once.
+    before applying: weights are quantized here, once. A layer-policy exact name that
+    names no ``nn.Linear`` or attention module of ``model`` gives a UserWarning.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     taken = next((m for m in model.modules() if m in _ACTIVE), None)
     if taken is not None:
         raise RuntimeError(
             f"the model is already emulated ({_ACTIVE[taken]!r}); call lowbit.emulate.remove(model) before applying again"
         )
-    emulation = Emulation(model, resolve_recipe(recipe, overrides), stats=stats, backend=backend, token_order=token_order)
+    resolved = resolve_recipe(recipe, overrides, caller=apply)
+    emulation = Emulation(model, resolved, stats=stats, backend=backend, token_order=token_order)
     emulation._install()
     return emulation
+
+
+def _check_model(model: Any) -> None:
+    """TypeError unless ``model`` is a module (apply and remove take one)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def calibrate(
@@ -907,7 +933,8 @@ def calibrate(
     over calibration prompts) once, in full precision; a progress bar follows it. Returns
     the calibrated Emulation; on an error the model is left as it was.
     """
-    emulation = apply(model, recipe, stats=stats, backend=backend, token_order=token_order, **overrides)
+    resolved = resolve_recipe(recipe, overrides, caller=calibrate)
+    emulation = apply(model, resolved, stats=stats, backend=backend, token_order=token_order)
     try:
         emulation.calibrate(run_fn, steps=steps, progress=progress)
     except BaseException:
@@ -918,6 +945,7 @@ def calibrate(
 
 def remove(model: nn.Module) -> None:
     """Undo :func:`apply` on ``model`` (the module that was passed to it)."""
+    _check_model(model)
     emulation = _ACTIVE.get(model)
     if emulation is not None and emulation.model is model:
         emulation.remove()

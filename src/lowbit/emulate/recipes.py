@@ -16,13 +16,14 @@ norm and output projection.
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import attrs
 
 from lowbit.emulate.scaled import INT8, Scaling
-from lowbit.emulate.semantic import Decomposition, SeDA
+from lowbit.emulate.semantic import Decomposition, SeDA, check_regex
 from lowbit.emulate.sixbit import SixBit
 from lowbit.registry import UnknownNameError, registry
 
@@ -81,10 +82,7 @@ def _rule_pairs(value: Any) -> tuple[tuple[str, Rule], ...]:
 def _pattern_pairs(value: Any) -> tuple[tuple[str, Rule], ...]:
     pairs = _rule_pairs(value)
     for pattern, _ in pairs:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"layer-policy pattern {pattern!r} is not a valid regex: {exc}") from None
+        check_regex(pattern, "layer-policy pattern")
     return pairs
 
 
@@ -109,7 +107,9 @@ DEFAULT_KEEP: tuple[tuple[str, Rule], ...] = (
 class LayerPolicy:
     """Which modules are quantized, by name: ``exact`` names, then ``patterns`` (regexes,
     ``re.search``, first match wins), then ``default``. ``exact`` and ``patterns`` take a
-    mapping or (key, rule) pairs and are stored as pairs (so the policy is hashable)."""
+    mapping or (key, rule) pairs and are stored as pairs (so the policy is hashable).
+    Exact names are full module paths; ``apply`` warns about one that names no
+    ``nn.Linear`` or attention module of the model (the rule would do nothing)."""
 
     exact: tuple[tuple[str, Rule], ...] = attrs.field(default=(), converter=_rule_pairs)
     patterns: tuple[tuple[str, Rule], ...] = attrs.field(default=DEFAULT_KEEP, converter=_pattern_pairs)
@@ -294,8 +294,14 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(str(exc)) from None
 
 
-def resolve_recipe(recipe: Recipe | str, overrides: Mapping[str, Any]) -> Recipe:
-    """A checked recipe from a name or value, with ``overrides`` replacing fields."""
+def resolve_recipe(
+    recipe: Recipe | str, overrides: Mapping[str, Any], *, caller: Callable[..., Any] | None = None
+) -> Recipe:
+    """A checked recipe from a name or value, with ``overrides`` replacing fields.
+
+    ``caller``: the function whose ``**overrides`` these are (``apply``); the error for an
+    unknown field also lists its keyword-only parameters, since a misspelt one of them
+    (``stat=False``) lands in the overrides."""
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
     elif not isinstance(recipe, Recipe):
@@ -303,5 +309,9 @@ def resolve_recipe(recipe: Recipe | str, overrides: Mapping[str, Any]) -> Recipe
     fields = [f.name for f in attrs.fields(Recipe)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"unknown recipe field(s) {', '.join(map(repr, unknown))}; a Recipe has {', '.join(fields)}")
+        message = f"unknown recipe field(s) {', '.join(map(repr, unknown))}; a Recipe has {', '.join(fields)}"
+        if caller is not None:
+            keywords = [p.name for p in inspect.signature(caller).parameters.values() if p.kind is p.KEYWORD_ONLY]
+            message += f"; {caller.__name__}() itself takes the keyword arguments {', '.join(keywords)}"
+        raise ValueError(message)
     return attrs.evolve(recipe, **overrides).check() if overrides else recipe.check()

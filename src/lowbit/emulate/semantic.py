@@ -102,6 +102,24 @@ def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:
         raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
+def check_regex(pattern: str, what: str) -> None:
+    """ValueError naming ``what`` when ``pattern`` is not a valid regex, so a bad layer
+    pattern is refused where it is written, not at the first module-name search."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what} {pattern!r} is not a valid regex: {exc}") from None
+
+
+def _optional_regex(instance: object, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    what = f"{type(instance).__name__}.{attribute.name}"
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a regex string or None, got {value!r}")
+    check_regex(value, what)
+
+
 @attrs.frozen
 class Decomposition:
     """Attention-guided activation decomposition.
@@ -114,7 +132,7 @@ class Decomposition:
 
     fraction: float = attrs.field(default=0.1, validator=_fraction)
     residual_format: str | None = None
-    layers: str | None = None
+    layers: str | None = attrs.field(default=None, validator=_optional_regex)
 
 
 @attrs.frozen
@@ -135,7 +153,7 @@ class SeDA:
     dialects_per_group: int = attrs.field(default=8, validator=_positive)
     refresh_every: int = attrs.field(default=5, validator=_positive)
     per_position: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    layers: str | None = None
+    layers: str | None = attrs.field(default=None, validator=_optional_regex)
 
 
 # ---------------------------------------------------------------------------

@@ -176,14 +176,15 @@ class _Case:
 # the properties on one input
 
 
-def _raises_on_nan(spec: Any) -> bool:
+def raises_on_nan(spec: Any) -> bool:
+    """Whether ``spec`` refuses NaN input (an element format with nan="raise" and no NaN code)."""
     return not isinstance(spec, BLOCK_SPECS) and not getattr(spec, "has_nan", False) and spec.nan == "raise"
 
 
 def _check_case(spec: Any, backends: tuple[str, ...], label: str, x: np.ndarray, seed: int) -> None:
     case = _Case(spec, label, x)
     nan = np.isnan(x.astype(np.float64))
-    if _raises_on_nan(spec) and nan.any():
+    if raises_on_nan(spec) and nan.any():
         for b in ("reference", *backends):
             try:
                 lowbit.quantize(x, spec, backend=b, seed=seed, axis=-1)
@@ -312,7 +313,7 @@ def _check_codes_round_trip(spec: Any, backends: tuple[str, ...]) -> None:
         return
     codes = list(range(1 << elem.bits))
     expected = [canonical_code(elem, c) for c in codes]
-    if _raises_on_nan(elem):  # a NaN without a code is an error there, not a value
+    if raises_on_nan(elem):  # a NaN without a code is an error there, not a value
         codes = [c for c, e in zip(codes, expected) if e is not None]
         expected = [e for e in expected if e is not None]
     x = np.array([[float(decode_exact(elem, c)) for c in codes]], np.float64)
