@@ -36,8 +36,9 @@ select (two_stage)  lv[N*L] (fixed-point levels on the half-grid) -> dialect_id:
                     (``pair_tie`` on equal counts). Both masks are expanded once
                     per block; each level selects its bit.
 select_lut          lv[N*L] (levels truncated to the half-grid) -> dialect_id:
-                    exhaustive least squares on the cell centres (the spec's
-                    ``lut`` rule, for any Formatbook): every element reads
+                    exhaustive least squares on the cell centres (the ``lut``
+                    selection rule, for any Formatbook; the book's own rule
+                    only where it selects by ``lut``): every element reads
                     ERR[level][d] (squared distance of its cell centre to dialect
                     d's nearest value, in (grid/4)^2) for every dialect, the
                     per-dialect sums go through an argmin tree, ties to the

@@ -2,9 +2,11 @@
 
 :func:`generate` runs the conversion in a fresh Python process with
 ``PYTHONHASHSEED=0`` (MyHDL's output depends on set order and on instance
-counters that live for the whole process) and replaces MyHDL's header (which
-holds the date and the output path) with one that names the unit, the format
-and the versions. The same request gives the same bytes. The specs travel to
+counters that live for the whole process; the instance names it has given are
+forgotten before each unit) and replaces MyHDL's header (which holds the date
+and the output path) with one that names the unit, the format and the versions.
+The same request gives the same bytes, and a unit's bytes do not depend on the
+units converted with it. The specs travel to
 the child pickled, so a format registered at run time, or a spec that was never
 registered, converts as well as one an entry point brings.
 
@@ -14,6 +16,7 @@ input.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import subprocess
@@ -49,12 +52,18 @@ def _strip_myhdl_header(text: str, lang: str) -> str:
 
 
 def _convert_here(out: Path, langs: Sequence[str], requests: Sequence[tuple[Any, str]]) -> None:
+    from myhdl import _block
+
     from lowbit.hdl.units import unit_for
 
     out.mkdir(parents=True, exist_ok=True)
     for spec, kind in requests:
         unit = unit_for(spec, kind)
         for lang in langs:
+            # MyHDL keeps every instance name it gave in this process and appends
+            # _0, _1, ... to a name taken by an earlier design: without the reset a
+            # unit's names (and bytes) would depend on the units converted before it
+            _block._name_set.clear()
             inst = unit.instance()
             if lang == "verilog":
                 inst.convert(hdl="Verilog", path=str(out), name=unit.module, testbench=False)
@@ -95,7 +104,24 @@ def generate(requests: Sequence[tuple[Any, str]], out: Path, langs: Sequence[str
     return files + ([out / PACKAGE_VHDL] if "vhdl" in langs else [])
 
 
+def _frames_without_source(context: int = 1) -> list[inspect.FrameInfo]:
+    """``inspect.stack()`` without reading any source file: the frame records MyHDL
+    uses (their frame and function name), with no code context; ``context`` is
+    accepted, as ``inspect.stack`` does, and ignored."""
+    frame, out = sys._getframe(1), []
+    while frame is not None:
+        out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, None, None))
+        frame = frame.f_back
+    return out
+
+
 def main() -> None:
+    # MyHDL calls inspect.stack() twice per instance and reads only each record's
+    # frame and function name; the full call opens and scans the source file of
+    # every frame, which was two thirds of a block unit's conversion time. This
+    # process only converts, so the faster stack is set for all of it (the
+    # converted bytes are the same).
+    inspect.stack = _frames_without_source
     out, langs, specs = pickle.load(sys.stdin.buffer)
     _convert_here(Path(out), langs, specs)
 

@@ -181,6 +181,22 @@ def float_fields(code: Any, sig: Any, exp: Any, ebits: int, mbits: int) -> Any:
     else:
         mag = code
 
+    if mbits == 0:
+        # no fraction field (c[0:] is no slice): sig is the hidden bit alone
+
+        @always_comb
+        def split_exp_only() -> None:
+            c = intbv(0)[width:]
+            c[:] = mag
+            if c == 0:
+                sig.next = 0
+                exp.next = 0
+            else:
+                sig.next = 1
+                exp.next = c - 1
+
+        return insts, split_exp_only
+
     @always_comb
     def split() -> None:
         # a copy, then slices: a port may itself be a slice of a bus

@@ -9,8 +9,10 @@ float formats with gradual underflow, ``mul_expadd``. Block formats
 ``floor`` rule or a float scale and the ``nearest`` rule, ``quant`` (see
 ``blockquant``); a Formatbook also gets ``mul`` (the element multiplier: codes and
 dialect ids in, sign and exact product in grid^2 units out),
-``select_lut`` (exhaustive least squares, the spec's ``lut`` rule) and, with
-two-stage selection, ``select``. A spec that does not fit a generic generator
+``select_lut`` (exhaustive least squares on the level cells' centres: the ``lut``
+selection rule, which is the book's own rule only where it selects by ``lut``; for
+a book that selects by ``mse`` it approximates least squares on the exact
+magnitudes) and, with two-stage selection, ``select``. A spec that does not fit a generic generator
 raises :class:`~lowbit.hdl.tables.Unsupported` with the reason.
 """
 

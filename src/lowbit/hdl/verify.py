@@ -10,7 +10,8 @@ fixed-width hex tokens: inputs, then expected and mask per output), apply them
 (combinational: settle 1 ns; clocked: one rising clock edge), compare and print
 ``DONE <vectors> <errors>``; the first mismatches are printed before it.
 
-The external tools are optional: :func:`missing_tools` names those not on PATH.
+The external tools are optional: :func:`missing_tools` names those of a step
+(``ICARUS``, ``GHDL``, ``VERILATOR``) that are not on PATH.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from myhdl import block, delay, instance
 
 from lowbit.hdl.units import Port, Unit
 
-TOOLS = ("iverilog", "vvp", "ghdl", "verilator", "yosys")
+#: the programs each step needs (:func:`run_icarus`, :func:`run_ghdl`, :func:`lint_verilator`)
+ICARUS = ("iverilog", "vvp")
+GHDL = ("ghdl",)
+VERILATOR = ("verilator",)
 
 
-def missing_tools(names: Sequence[str] = TOOLS) -> list[str]:
+def missing_tools(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that are not on PATH."""
     return [n for n in names if shutil.which(n) is None]
 
 
