@@ -20,6 +20,7 @@ come from the same generic generators.
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
 import os
 import re
@@ -40,7 +41,7 @@ from lowbit.emulate.api import Quantized, pack_codes
 from lowbit.formats import E8M0, BlockFormat, CodebookFormat, FloatFormat
 from lowbit.formats.spec import ExpScaleFormat, Formatbook
 from lowbit.hdl import convert, verify
-from lowbit.hdl.block import MAC_BITS, MAC_SHIFT
+from lowbit.hdl.block import MAC_BITS, MAC_SHIFT, dialect_mag_bits
 from lowbit.hdl.tables import GUARD_BITS, Unsupported, element_tables
 from lowbit.hdl.units import unit_for, units_for
 
@@ -112,13 +113,18 @@ BLOCKS = ("mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "nvfp4", "dialectfp
 BOOK_MULTIPLIERS = ("dialectfp4", "semantic_dialect", "quad_dialect")
 MX_QUANTIZERS = ("mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp5_e2m2")
 DEQUANTIZERS = ("mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "nvfp4", "mxfp5_e2m2", "mxcb4_log")
+#: every built-in formatbook dequantizer's HDL (dialectfp4_mse and block_dialect_32 have dialectfp4's)
+BOOK_DEQUANTIZERS = ("dialectfp4", "semantic_dialect", "semantic_dialect_16", "block_dialect_16", "block_dialect_64")
+#: the formatbooks with a quantizer (a selection with a hardware unit: two_stage, lut)
+BOOK_QUANTIZERS = ("dialectfp4", "semantic_dialect", "semantic_dialect_16")
 SELECTORS = (("dialectfp4", "select"), ("dialectfp4", "select_lut"), ("block_dialect_16", "select_lut"),
              ("block_dialect_64", "select_lut"), ("semantic_dialect", "select_lut"), ("semantic_dialect_16", "select_lut"),
              ("quad_dialect", "select_lut"))
 SIMULATED = frozenset(
     [(n, "decoder") for n in ELEMENTS] + list(MULTIPLIERS) + [(n, "encoder") for n in ENCODERS]
     + [(n, "mul") for n in BOOK_MULTIPLIERS] + [(n, k) for n in BLOCKS for k in ("dot", "mac")]
-    + [(n, "quant") for n in MX_QUANTIZERS + ("nvfp4",)] + [(n, "dequant") for n in DEQUANTIZERS] + list(SELECTORS)
+    + [(n, "quant") for n in MX_QUANTIZERS + ("nvfp4",) + BOOK_QUANTIZERS]
+    + [(n, "dequant") for n in DEQUANTIZERS + BOOK_DEQUANTIZERS] + list(SELECTORS)
 )
 #: every format with units: the built-ins, the example plugin's and the third-party ones
 HDL_FORMATS = BUILTIN + tuple(n for n in ELEMENTS + BLOCKS if n not in BUILTIN)
@@ -579,6 +585,14 @@ def float32_bits(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, np.float32).view(np.uint32)
 
 
+def padded_block(values, n: int) -> np.ndarray:
+    """A float32 block of n elements: the first n ``values``, zeros after them."""
+    out = np.zeros(n, np.float32)
+    v = np.array(values, np.float32)[:n]
+    out[: len(v)] = v
+    return out
+
+
 #: the most values of mx_edge_blocks' sweep (mxfp6_e3m2's whole sweep: 133 blocks)
 SWEEP = 4096
 
@@ -596,11 +610,7 @@ def mx_edge_blocks(spec) -> np.ndarray:
     biggest = float(np.finfo(np.float32).max)
     tiny = float(np.finfo(np.float32).smallest_subnormal)
 
-    def block(values) -> np.ndarray:
-        out = np.zeros(n, np.float32)
-        v = np.array(values, np.float32)[:n]
-        out[: len(v)] = v
-        return out
+    block = functools.partial(padded_block, n=n)
 
     signs = np.where(np.arange(n) % 2, -1, 1).astype(np.float32)
     # every eighth of an element LSB below 2^(emax + 1), or the lowest SWEEP of them
@@ -705,11 +715,7 @@ def nvfp4_edge_tensors(spec) -> list[np.ndarray]:
     spread = np.linspace(-0.95, 0.9, n - 1, dtype=np.float32)
     signs = np.where(np.arange(n) % 2, -1, 1).astype(np.float32)
 
-    def block(values) -> np.ndarray:
-        out = np.zeros(n, np.float32)
-        v = np.array(values, np.float32)[:n]
-        out[: len(v)] = v
-        return out
+    block = functools.partial(padded_block, n=n)
 
     pin = block([grid[-1] * emax])  # amax = 2688: the tensor scale is exactly 1
     rows = [pin]
@@ -793,6 +799,148 @@ def test_block_dequantizer(name, hdl, tmp_path):
     run_everywhere(unit_for(spec, "dequant"), vectors, hdl(name), tmp_path)
 
 
+def book_edge_blocks(book: Formatbook) -> np.ndarray:
+    """Hand-picked float32 blocks of a formatbook: with the shared exponent pinned to 0
+    by a first element 2^emax, every multiple of grid/4 below 2^(emax+1) (every level
+    boundary, every midpoint of two dialect values, the points between) and its float32
+    neighbours; for each dialect maximum M (grid units), blocks of amax M * grid holding
+    the multiples of grid/2 below it (ties and level boundaries under the dialects of
+    that maximum) and, for two-stage books, one element on each level tie beside it; all
+    zero, all -0; the largest float32 and subnormals (the shared exponent clamped above
+    and below); NaN, Inf and -Inf blocks."""
+    n, g = book.block_size, Fraction(book.grid)
+    signs = np.where(np.arange(n) % 2, -1, 1).astype(np.float32)
+
+    block = functools.partial(padded_block, n=n)
+
+    def chunks(lead, values):
+        return [block([lead, *values[k : k + n - 1]]) * signs for k in range(0, len(values), n - 1)]
+
+    top = 2.0 ** (book.emax + 1)
+    fine = np.arange(0, top, float(g / 4), dtype=np.float32)
+    fine = np.concatenate([fine, np.nextafter(fine, np.float32(0)), np.nextafter(fine, np.float32(top))])
+    rows = chunks(2.0 ** book.emax, fine)
+    for m in sorted({d[-1] for d in book.dialects}):
+        rows += chunks(float(m * g), [float(j * g / 2) for j in range(2 * m)])
+        if book.selection == "two_stage":
+            # one element on a level tie (ties to the even level) beside the pair's maximum:
+            # the level alone decides the beneficial-range counts
+            rows += [block([float(m * g), float((j + Fraction(1, 2)) * g / 2)]) for j in range(2 * m)]
+    biggest = float(np.finfo(np.float32).max)
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+    rows += [np.zeros(n, np.float32), -np.zeros(n, np.float32), block([biggest, -biggest / 3, 1.0, tiny]),
+             block([tiny * 5, -tiny, tiny * 2]), block([1.0, float("nan"), 2.0]), block([float("inf"), 1.0]),
+             block([-float("inf")])]
+    return np.stack(rows)
+
+
+def book_dequant_vectors(book: Formatbook, x: np.ndarray) -> list[dict]:
+    """The dequant unit's inputs (Numba's codes, dialect ids and scale codes) and outputs
+    (Numba's dequantized values over grid * 2^k, and k). A NaN block of a scale format
+    without a NaN code is marked by the NaN mask outside the unit: it has no vector."""
+    q = lowbit.quantize(x, book, backend="numba")
+    deq = np.asarray(lowbit.dequantize(q, backend="numba", dtype="float64"))
+    codes, bits, g = q.unpacked_codes(), book.index_bits + 1, dialect_mag_bits(book)
+    vectors = []
+    for i in range(len(x)):
+        sc = int(q.scale_codes[i, 0])
+        nan = bool(np.isnan(deq[i]).any())
+        if nan and book.scale.nan_code is None:
+            continue
+        k = sc - book.scale.bias
+        v = 0
+        for j, d in enumerate(deq[i]):
+            if not nan:
+                u = abs(Fraction(float(d))) / (Fraction(book.grid) * Fraction(2) ** k)
+                assert u.denominator == 1
+                v |= (int(u) | int(math.copysign(1, d) < 0) << g) << (j * (g + 1))
+        vec = {"q": flat(codes[i], bits), "dialect_id": int(q.dialect_ids[i, 0]), "s": sc,
+               "v": (v, 0 if nan else FULL), "exp": (k, 0 if nan else FULL)}
+        if book.scale.nan_code is not None:
+            vec["nan"] = (int(nan), FULL)
+        vectors.append(vec)
+    return vectors
+
+
+@pytest.mark.parametrize("name", BOOK_DEQUANTIZERS)
+def test_formatbook_dequantizer(name, hdl, tmp_path):
+    book = formats.get(name)
+    vectors = book_dequant_vectors(book, np.concatenate([book_edge_blocks(book), drawn_blocks(book, 2)]))
+    scales = {v["s"] for v in vectors}
+    assert len({v["dialect_id"] for v in vectors}) > 2 and {0, (1 << book.scale.bits) - 1} <= scales and len(scales) > 5
+    run_everywhere(unit_for(book, "dequant"), vectors, hdl(name), tmp_path)
+
+
+def book_quant_vectors(book: Formatbook, x: np.ndarray) -> list[dict]:
+    """The quant unit's input (float32 codes) and outputs (Numba's element codes, dialect
+    id and scale code, and the NaN mask where the scale format has no NaN code)."""
+    q = lowbit.quantize(x, book, backend="numba")
+    codes, bits, xb = q.unpacked_codes(), book.index_bits + 1, float32_bits(x)
+    vectors = []
+    for i in range(len(x)):
+        vec = {"x": flat(xb[i], 32), "q": (flat(codes[i], bits), FULL), "dialect_id": (int(q.dialect_ids[i, 0]), FULL),
+               "s": (int(q.scale_codes[i, 0]), FULL)}
+        if book.scale.nan_code is None:
+            vec["nan"] = (int(q.nan_mask is not None and q.nan_mask[i].any()), FULL)
+        vectors.append(vec)
+    return vectors
+
+
+def tie_blocks(book: Formatbook, draw_sets: int) -> np.ndarray:
+    """Hypothesis-drawn float32 blocks of multiples of grid / 4 below 2^(emax+1) (level
+    boundaries and midpoints of dialect values) and their float32 neighbours, signed,
+    times 2^k: ties and boundaries under whatever dialect the block selects."""
+    top = 2.0 ** (book.emax + 1)
+    fine = np.arange(0, top, book.grid / 4, dtype=np.float32)
+    values = sorted({float(v) for v in np.concatenate([fine, np.nextafter(fine, np.float32(0)), np.nextafter(fine, np.float32(top))])})
+    value = st.tuples(st.sampled_from(values), st.booleans()).map(lambda v: -v[0] if v[1] else v[0])
+    blocks = st.tuples(st.lists(value, min_size=book.block_size, max_size=book.block_size), st.integers(-8, 8))
+
+    @settings(max_examples=draw_sets, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
+    @given(st.lists(blocks, min_size=12, max_size=12))
+    def collect(bs):
+        out.extend(np.array(b, np.float32) * np.float32(2.0**k) for b, k in bs)
+
+    out: list = []
+    collect()
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("name", BOOK_QUANTIZERS)
+def test_formatbook_quantizer(name, hdl, tmp_path):
+    book = formats.get(name)
+    x = np.concatenate([book_edge_blocks(book), tie_blocks(book, 2), drawn_blocks(book, 2)])
+    vectors = book_quant_vectors(book, x)
+    scales = {v["s"][0] for v in vectors}
+    assert {0, (1 << book.scale.bits) - 1} <= scales and len(scales) > 5  # both clamps, many exponents
+    assert len({v["dialect_id"][0] for v in vectors}) > 4 and {v["nan"][0] for v in vectors} == {0, 1}
+    run_everywhere(unit_for(book, "quant"), vectors, hdl(name), tmp_path)
+
+
+def test_formatbook_quantizer_is_refused_for_mse_selection():
+    for name in ("dialectfp4_mse", "block_dialect_16", "block_dialect_32", "block_dialect_64"):
+        assert "quant" not in units_for(formats.get(name))
+        with pytest.raises(Unsupported, match="'mse'"):
+            unit_for(formats.get(name), "quant")
+
+
+def test_formatbook_with_a_nan_scale_code(tmp_path):
+    """A formatbook whose scale format has a NaN code (DialectFP4's dialects with an E8M0
+    scale, not registered): its dequantizer gets a ``nan`` port (NaN blocks flag, the
+    others do not), its quantizer writes the NaN code instead of a NaN mask."""
+    book = formats.evolve(formats.get("dialectfp4"), name="dialectfp4_e8m0", scale=E8M0)
+    assert "nan" not in {p.name for p in unit_for(formats.get("dialectfp4"), "dequant").ports}
+    assert "nan" not in {p.name for p in unit_for(book, "quant").ports}
+    x = book_edge_blocks(book)
+    vectors = book_dequant_vectors(book, x)
+    assert {v["nan"][0] for v in vectors} == {0, 1}
+    convert.generate([(book, "dequant"), (book, "quant")], tmp_path / "hdl")
+    run_everywhere(unit_for(book, "dequant"), vectors, tmp_path / "hdl", tmp_path / "dequant")
+    vectors = book_quant_vectors(book, x)
+    assert E8M0.nan_code in {v["s"][0] for v in vectors}
+    run_everywhere(unit_for(book, "quant"), vectors, tmp_path / "hdl", tmp_path / "quant")
+
+
 def selector_level(book: Formatbook, x: float, scale: float) -> int:
     """A scaled magnitude as the selector's fixed-point input (spec: ``fixed_point``)."""
     u = Fraction(abs(float(x))) / Fraction(float(scale)) / (Fraction(book.grid) / 2)
@@ -834,14 +982,16 @@ def test_cli_generate_writes_the_converted_units(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(p.name for p in ref)
     for f in ref:
         assert (tmp_path / "cli" / f.name).read_bytes() == f.read_bytes(), f.name
-    assert main(["hdl", "generate", "dialectfp4", "--unit", "quant", "--out", str(tmp_path / "x")]) == 2
-    assert "no 'quant' unit" in capsys.readouterr().err
+    assert main(["hdl", "generate", "dialectfp4", "--unit", "mac_expadd", "--out", str(tmp_path / "x")]) == 2
+    assert "no 'mac_expadd' unit" in capsys.readouterr().err
+    assert main(["hdl", "generate", "dialectfp4_mse", "--unit", "quant", "--out", str(tmp_path / "x")]) == 2
+    assert "'mse'" in capsys.readouterr().err
 
 
 def test_cli_report_synthesizes_the_listed_units(tmp_path, capsys):
     assert main(["hdl", "report", "--units", "fp4_e2m1"]) == 2
     assert "FORMAT:UNIT" in capsys.readouterr().err
-    assert main(["hdl", "report", "--units", "dialectfp4:quant"]) == 2
+    assert main(["hdl", "report", "--units", "dialectfp4_mse:quant"]) == 2
     capsys.readouterr()
     if verify.missing_tools(["yosys"]):
         pytest.skip("yosys not on PATH (`make test` installs it with apt-get when run as root)")

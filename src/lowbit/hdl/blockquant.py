@@ -64,19 +64,54 @@ dequant (BlockFormat)
     and the decoded scale in units 2^(lsb_exp + lsb_exp of the scale); the sign
     is the product's; a per-tensor scale is applied outside the unit. nan: the
     scale is NaN or an element is NaN or Inf.
+dequant (Formatbook)
+    q[N*B] (sign bit + index bits), dialect_id, s[scale bits] -> v[N*(G+1)], exp,
+    nan (only where the scale format has a NaN code). The block's dialect row is
+    expanded once from dialect_id (``block.expand_row``) and every element muxes
+    its magnitude out of it (``block.dialect_element``). Element i of ``v`` is
+    sign-magnitude: bit G the code's sign bit (-0 kept), bits [G-1:0] the dialect
+    value in grid units (G = ``block.dialect_mag_bits``); exp = s - scale.bias
+    (signed), so the value is v * grid * 2^exp. nan: s is the scale's NaN code.
+    A book whose scale has no NaN code (E5M0, every registered one) marks a NaN
+    block by a NaN mask outside the codes (scale code 0), as for ``dot``.
+quant (Formatbook with ``two_stage`` or ``lut`` selection)
+    x[N*32] -> q[N*B], dialect_id, s[scale bits], nan (only where the scale format
+    has no NaN code: the block's NaN mask). ``x`` as for the MX quantizer. Scale:
+    the floor rule from the largest exponent field with the book's emax, clamped to
+    the scale format below and above (``floor_scale`` on the field clamped first).
+    Each element is aligned (``align``) into units of grid / 8: the half-grid
+    level, two guard bits and a sticky bit; an element whose exponent field lies
+    above the one the top scale code allows saturates (its scaled magnitude is at
+    least 2^(emax+1), which counts as 2^(emax+1)). Levels: the book's fixed_point
+    rule on that (truncate, or nearest with ties to the even level), saturated
+    to the top level, into the book's selection unit (``block.select_two_stage``
+    or ``block.select_lut``). Element index: ``lut``, the IDX row of the block's
+    dialect (one ROM per level, addressed by the dialect id, expanded once per
+    block) muxed by the element's level; ``two_stage``, the block's row of rounding
+    thresholds (one ROM per midpoint, expanded once) against the aligned magnitude:
+    midpoints of grid values lie on the half-grid, so the guard and sticky bits
+    decide the nearest value exactly, ties to the even index. The code is the
+    float's sign bit (zeros included) over the index. A NaN or Inf input: scale
+    code the NaN code (0 and nan = 1 without one), dialect id 0, element codes 0,
+    as the emulator writes them. ``mse`` books (least squares on the exact
+    magnitudes: no selection unit) and books that do not turn Inf blocks into
+    NaN are refused with the reason.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from myhdl import ConcatSignal, always_comb, block, intbv
 
 from fractions import Fraction
 
-from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat
-from lowbit.hdl.block import add2, any_set, copy, eq_const, max_tree, product_sm, sig, slices
-from lowbit.hdl.element import decoder, encoder, float_fields, ge_const, ladder_code, ladder_rank, rank_bits, rank_table, rom
+from lowbit.formats.spec import BlockFormat, ExpScaleFormat, FloatFormat, Formatbook
+from lowbit.hdl.block import (add2, any_set, copy, dialect_element, dialect_mag_bits, eq_const, expand_row, level_bits,
+                              max_tree, product_sm, row_signals, select_lut, select_two_stage, sig, slices)
+from lowbit.hdl.element import (decoder, encoder, float_fields, ge_const, ladder_code, ladder_rank, rank_bits, rank_table,
+                                rom)
 from lowbit.hdl.tables import GUARD_BITS, Unsupported, element_tables
 
 #: The quantizer's input elements: IEEE binary32.
@@ -281,6 +316,209 @@ def block_dequant(q: Any, s: Any, v: Any, nan: Any, spec: BlockFormat) -> Any:
         flags += [en, ei]
         outs.append(out)
     insts += [copy(ConcatSignal(*reversed(outs)), v), any_set(ConcatSignal(*flags), nan)]
+    return insts
+
+
+@block
+def unbias(s: Any, exp: Any, bias: int) -> Any:
+    """exp = s - bias (signed)."""
+
+    @always_comb
+    def sub() -> None:
+        exp.next = s - bias
+
+    return sub
+
+
+@block
+def book_dequant(q: Any, dialect_id: Any, s: Any, v: Any, exp: Any, book: Formatbook, nan: Any = None) -> Any:
+    n, ib, g = book.block_size, book.index_bits, dialect_mag_bits(book)
+    cols, row = row_signals(book)
+    insts: list[Any] = [expand_row(dialect_id, cols, book), unbias(s, exp, book.scale.bias)]
+    if nan is not None:
+        insts.append(eq_const(s, nan, book.scale.nan_code))
+    outs = []
+    for code in slices(q, n, ib + 1):
+        sg, mg, out = sig(1), sig(g), sig(g + 1)
+        insts += [dialect_element(code, row, sg, mg, ib, g), sign_mag(sg, mg, out, g)]
+        outs.append(out)
+    insts.append(copy(ConcatSignal(*reversed(outs)), v))
+    return insts
+
+
+# ---------------------------------------------------------------------------
+# formatbook quantizer (two_stage and lut selection)
+
+
+def book_quant_constants(book: Formatbook) -> dict[str, int]:
+    """Constants of the formatbook quantizer, or Unsupported with the reason.
+
+    As ``quant_constants`` with the half-grid as the element LSB: code = clamp(E + d),
+    element shift r = code + c - max(e, 1) into units of grid / 8; an element whose
+    exponent field is above e_lim (only where the scale can clamp above) saturates."""
+    sf = book.scale
+    if book.selection not in ("two_stage", "lut"):
+        raise Unsupported(f"{book.name}: the formatbook quantizer takes a selection with a hardware unit (two_stage "
+                          f"or lut); {book.selection!r} (least squares on the exact magnitudes) has none")
+    if book.nan_block != "nan" or book.inf_block != "nan":
+        raise Unsupported(f"{book.name}: the formatbook quantizer needs NaN blocks for NaN and Inf")
+    half_lsb = int(math.log2(book.grid)) - 1
+    d = sf.bias - IN_BIAS - book.element.emax
+    c = IN_BIAS + IN_MBITS - sf.bias + half_lsb - GUARD_BITS
+    top_code = sf.max_exp + sf.bias
+    if d > 0 or sf.min_exp + sf.bias != 0:
+        raise Unsupported(f"{book.name}: the quantizer takes a scale format whose codes start at its smallest "
+                          "exponent and to which every subnormal block maximum clamps")
+    if d + c < 0:
+        raise Unsupported(f"{book.name}: float32 inputs would need a left shift into the level")
+    w = level_bits(book) + GUARD_BITS
+    assert ((1 << (IN_MBITS + 1)) - 1) >> (d + c) < 1 << w
+    return {"d": d, "c": c, "e_lim": top_code - d, "nan_code": sf.nan_code or 0, "w": w,
+            "shift_bits": (top_code + max(c, 0)).bit_length() + 1}
+
+
+@block
+def min_const(x: Any, y: Any, limit: int) -> Any:
+    @always_comb
+    def clamp() -> None:
+        if x > limit:
+            y.next = limit
+        else:
+            y.next = x
+
+    return clamp
+
+
+@block
+def ones_if(flag: Any, x: Any, y: Any) -> Any:
+    ones = (1 << len(y)) - 1
+
+    @always_comb
+    def sat() -> None:
+        if flag:
+            y.next = ones
+        else:
+            y.next = x
+
+    return sat
+
+
+@block
+def to_level(w: Any, lv: Any, nearest: bool, top: int) -> Any:
+    """lv = w (units of a level / 4, sticky last bit) on the levels: truncated, or
+    rounded to nearest with ties to the even level, saturated to ``top``."""
+    wb, rnd = len(w), int(nearest)
+
+    @always_comb
+    def level() -> None:
+        v = intbv(0)[wb:]
+        v[:] = w
+        L = intbv(0)[wb - 1 :]
+        L[:] = v >> GUARD_BITS
+        if rnd == 1 and v[1] and (v[0] or v[2]):
+            L[:] = L + 1
+        if L > top:
+            lv.next = top
+        else:
+            lv.next = L
+
+    return level
+
+
+@block
+def row_pick(sel: Any, row: Any, y: Any, width: int) -> Any:
+    """y = entry ``sel`` of ``row`` (entries of ``width`` bits, entry 0 lowest)."""
+    modulus = 1 << width
+
+    @always_comb
+    def pick() -> None:
+        y.next = (row >> (sel * width)) % modulus
+
+    return pick
+
+
+@block
+def book_code(neg: Any, idx: Any, nan: Any, code: Any, index_bits: int) -> Any:
+    """code = the sign bit over the index, 0 in a NaN block."""
+
+    @always_comb
+    def join() -> None:
+        c = intbv(0)[index_bits + 1 :]
+        c[index_bits:] = idx
+        c[index_bits] = neg
+        if nan:
+            code.next = 0
+        else:
+            code.next = c
+
+    return join
+
+
+def lut_index(book: Formatbook) -> list[tuple[int, ...]]:
+    """IDX[level] per dialect: the index of the value nearest to the cell's centre
+    ((2L + 1) grid / 4; never a tie)."""
+    return [tuple(min(range(len(r)), key=lambda i: abs(2 * L + 1 - 4 * r[i])) for r in book.dialects)
+            for L in range(book.levels)]
+
+
+def round_thresholds(book: Formatbook) -> list[tuple[int, ...]]:
+    """T[i] per dialect, in units of grid / 8: an exact scaled magnitude w passes the
+    midpoint of values i and i + 1 (4 (v_i + v_(i+1))) when w >= T[i]; on the midpoint
+    itself the even index wins, so T[i] is one above it for an even i."""
+    return [tuple(4 * (r[i] + r[i + 1]) + (1 - i % 2) for r in book.dialects) for i in range(len(book.dialects[0]) - 1)]
+
+
+@block
+def book_quant(x: Any, q: Any, dialect_id: Any, s: Any, book: Formatbook, nan: Any = None) -> Any:
+    k = book_quant_constants(book)
+    n, ib, lb, w = book.block_size, book.index_bits, level_bits(book), k["w"]
+    pad = (1 << book.dialect_id_bits) - len(book.dialects)
+    elems = slices(x, n, IN_BITS)
+    exps = [sig(IN_EBITS) for _ in range(n)]
+    nans = [sig(1) for _ in range(n)]
+    insts: list[Any] = [exp_field(xe, e, f) for xe, e, f in zip(elems, exps, nans)]
+    emax, emax_c, block_nan = sig(IN_EBITS), sig(IN_EBITS), sig(1) if nan is None else nan
+    insts += [max_tree(exps, emax), any_set(ConcatSignal(*nans), block_nan), min_const(emax, emax_c, k["e_lim"])]
+    insts.append(floor_scale(emax_c, block_nan, s, k["d"], k["nan_code"], k["shift_bits"]))
+    # the scaled magnitudes in units of grid / 8 (sticky last bit), saturated where the
+    # scale clamped above, and their levels
+    signs, mags, levels = [], [], []
+    for xe, e in zip(elems, exps):
+        sg, al, mg, lv = sig(1), sig(w), sig(w), sig(lb)
+        insts.append(align(xe, s, sg, al, k["c"], k["shift_bits"]))
+        if k["e_lim"] < IN_EXP_MAX + 1:
+            over = sig(1)
+            insts += [ge_const(e, over, k["e_lim"] + 1), ones_if(over, al, mg)]
+        else:
+            mg = al
+        insts.append(to_level(mg, lv, book.fixed_point_rule == "nearest", book.levels - 1))
+        signs.append(sg)
+        mags.append(mg)
+        levels.append(lv)
+    raw_id, lv_bus = sig(max(1, book.dialect_id_bits)), sig(n * lb)
+    select = select_lut if book.selection == "lut" else select_two_stage
+    insts += [copy(ConcatSignal(*reversed(levels)), lv_bus), select(lv_bus, raw_id, book), zero_if(block_nan, raw_id, dialect_id)]
+    # element indices: lut reads the block's IDX row at the level; two_stage compares the
+    # exact magnitude with the block's row of rounding thresholds (both rows expanded once)
+    codes = []
+    if book.selection == "lut":
+        cols = [sig(ib) for _ in range(book.levels)]
+        insts += [rom(raw_id, col, tab + (0,) * pad) for col, tab in zip(cols, lut_index(book))]
+        row = ConcatSignal(*reversed(cols))
+    else:
+        ths = [sig(w) for _ in book.dialects[0][1:]]  # below 4 levels: they fit w bits
+        insts += [rom(raw_id, th, tab + (0,) * pad) for th, tab in zip(ths, round_thresholds(book))]
+    for sg, mg, lv in zip(signs, mags, levels):
+        idx, code = sig(ib), sig(ib + 1)
+        if book.selection == "lut":
+            insts.append(row_pick(lv, row, idx, ib))
+        else:
+            ge = [sig(1) for _ in ths]
+            insts += [ge_sig(mg, th, g) for th, g in zip(ths, ge)]
+            insts.append(ladder_rank(ge, idx))
+        insts.append(book_code(sg, idx, block_nan, code, ib))
+        codes.append(code)
+    insts.append(copy(ConcatSignal(*reversed(codes)), q))
     return insts
 
 

@@ -8,7 +8,8 @@ float formats with gradual underflow, ``mul_expadd``. Block formats
 ``dequant`` and, with exact arithmetic and either a power-of-two scale and the
 ``floor`` rule or a float scale and the ``nearest`` rule, ``quant`` (see
 ``blockquant``); a Formatbook also gets ``mul`` (the element multiplier: codes and
-dialect ids in, sign and exact product in grid^2 units out),
+dialect ids in, sign and exact product in grid^2 units out), ``dequant`` and,
+with ``two_stage`` or ``lut`` selection, ``quant`` (see ``blockquant``),
 ``select_lut`` (exhaustive least squares on the level cells' centres: the ``lut``
 selection rule, which is the book's own rule only where it selects by ``lut``; for
 a book that selects by ``mse`` it approximates least squares on the exact
@@ -177,6 +178,18 @@ def _formatbook_units(book: Formatbook) -> dict[str, Unit]:
          Port("mag", 2 * blk.dialect_mag_bits(book), True)),
         blk.mul_formatbook, {"book": book},
     )
+    try:
+        units["quant"] = _book_quant_unit(book)
+    except Unsupported:
+        pass
+    # nan: a NaN scale code (without one, a NaN block is a NaN mask outside the codes)
+    units["dequant"] = Unit(
+        module_name(book, "dequant"), "dequant",
+        (Port("q", n * (ib + 1)), Port("dialect_id", idb), Port("s", book.scale.bits),
+         Port("v", n * (blk.dialect_mag_bits(book) + 1), True), Port("exp", book.scale.bits + 1, True, True))
+        + (Port("nan", 1, True),) * (book.scale.nan_code is not None),
+        bq.book_dequant, {"book": book},
+    )
     units["select_lut"] = Unit(
         module_name(book, "select_lut"), "select_lut",
         (Port("lv", n * blk.level_bits(book)), Port("dialect_id", idb, True)),
@@ -189,6 +202,18 @@ def _formatbook_units(book: Formatbook) -> dict[str, Unit]:
             blk.select_two_stage, {"book": book},
         )
     return units
+
+
+def _book_quant_unit(book: Formatbook) -> Unit:
+    """The formatbook quantizer (raises Unsupported with the reason): float32 blocks in;
+    ``nan`` (the block's NaN mask) where the scale format has no NaN code."""
+    bq.book_quant_constants(book)
+    n, ib = book.block_size, book.index_bits
+    nan = (Port("nan", 1, True),) * (book.scale.nan_code is None)
+    return Unit(module_name(book, "quant"), "quant",
+                (Port("x", n * bq.IN_BITS), Port("q", n * (ib + 1), True), Port("dialect_id", book.dialect_id_bits, True),
+                 Port("s", book.scale.bits, True)) + nan,
+                bq.book_quant, {"book": book})
 
 
 def units_for(spec: Any) -> dict[str, Unit]:
@@ -208,6 +233,8 @@ def unit_for(spec: Any, kind: str) -> Unit:
         raise Unsupported(element_tables(spec).encoder_note)
     if kind == "quant" and isinstance(spec, BlockFormat) and kind not in units:
         _quant_unit(spec)  # raises Unsupported with the reason
+    if kind == "quant" and isinstance(spec, Formatbook) and kind not in units:
+        _book_quant_unit(spec)  # raises Unsupported with the reason
     if kind not in units:
         raise Unsupported(f"{spec.name} has no {kind!r} unit; it has: {', '.join(units)}")
     return units[kind]
