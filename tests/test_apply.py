@@ -482,6 +482,32 @@ def test_qk_quantizes_q_and_k_along_the_head_dim() -> None:
     assert not torch.equal(out, F.scaled_dot_product_attention(q, k, v))
 
 
+class LinearAttentionProcessor:
+    """A processor that never calls scaled_dot_product_attention (linear attention, as
+    Sana's): there is nothing for the operand formats to intercept."""
+
+    def __call__(self, attn: ToyAttention, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = F.relu(attn.to_q(x)), F.relu(attn.to_k(x)), attn.to_v(x)
+        return attn.to_out(q @ (k.transpose(-1, -2) @ v) / x.shape[-2])
+
+
+def test_attention_without_an_sdpa_call_is_reported_as_not_quantized() -> None:
+    model = make_model()
+    linear_attention = model.blocks[0].attn1
+    linear_attention.processor = LinearAttentionProcessor()
+    with apply(model, "mxfp4", qk="mxfp8_e4m3") as emulation:
+        forward(model)
+        forward(model)
+        report = emulation.report()
+    layers = {layer.name: layer for layer in report.layers}
+    name = next(n for n, m in model.named_modules() if m is linear_attention)
+    assert not layers[name].quantized and layers[name].calls == 0
+    assert layers[name].reason == "its processor ran 2 times without calling scaled_dot_product_attention"
+    assert layers[name] in report.skipped
+    others = [lay for n, lay in layers.items() if lay.kind == "attention" and n != name]
+    assert others and all(lay.quantized and lay.calls == 2 and lay.reason == "" for lay in others)
+
+
 def test_pv_quantizes_p_and_v_along_the_key_axis() -> None:
     model = make_model()
     with apply(model, "mxfp4", weight=None, activation=None, pv="nvfp4") as emulation:

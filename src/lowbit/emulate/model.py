@@ -136,24 +136,28 @@ class _Site:
     joint: Literal["first", "last"] | None = None  # linears: its stream's place in a joint sequence
     scheme: Literal["plain", "scaled", "six_bit"] = "plain"  # linears: which recipe scheme computes it
     calls: int = 0
+    runs: int = 0  # attention: calls of its processor (calls: of scaled_dot_product_attention)
     output: QuantStats = attrs.field(factory=QuantStats)
     applied: Counter[str] = attrs.field(factory=Counter)
 
     def clear(self) -> None:
         """Forget activation and output statistics (weights are quantized once and kept)."""
-        self.calls, self.output, self.applied = 0, QuantStats(), Counter()
+        self.calls, self.runs, self.output, self.applied = 0, 0, QuantStats(), Counter()
         for key, op in self.operands.items():
             if key != "weight":
                 op.stats = QuantStats()
 
     def report(self) -> LayerReport:
         # an attention module without operand formats is only observed by the semantic state
+        reason = "" if self.operands else "operands off (observed by the activation policy)"
+        if self.runs and not self.calls:  # e.g. linear attention: nothing to intercept
+            reason = f"its processor ran {self.runs} times without calling scaled_dot_product_attention"
         return LayerReport(
             name=self.name,
             kind=self.kind,
-            quantized=bool(self.operands),
+            quantized=not reason,
             rule=self.rule,
-            reason="" if self.operands else "operands off (observed by the activation policy)",
+            reason=reason,
             calls=self.calls,
             output_sqnr_db=self.output.sqnr_db if self.output.elements else float("nan"),
             operands={k: op.report() for k, op in self.operands.items()},
@@ -189,6 +193,7 @@ class _Processor:
         self.original, self.emulation, self.site = original, emulation, site
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
+        self.site.runs += 1
         with _SDPAInterceptor(self.emulation, self.site):
             return self.original(*args, **kwargs)
 
