@@ -643,13 +643,9 @@ def quant_vectors(spec, x: np.ndarray) -> list[dict]:
             for i in range(len(x))]
 
 
-def drawn_blocks(spec, draw_sets: int) -> np.ndarray:
-    """Hypothesis-drawn float32 blocks: values of one magnitude range, and raw
-    finite float32 bit patterns (every exponent)."""
-    n = spec.block_size
-    patterns = st.integers(0, (1 << 32) - 1).filter(lambda b: (b >> 23) & 0xFF != 0xFF)
-    blocks = st.one_of(block_strategy(n).map(lambda b: [np.float32(v) * np.float32(2.0 ** b[1]) for v in b[0]]),
-                       st.lists(patterns, min_size=n, max_size=n).map(lambda b: list(np.array(b, np.uint32).view(np.float32))))
+def float32_draws(blocks, draw_sets: int) -> np.ndarray:
+    """``draw_sets`` derandomized Hypothesis examples of 12 blocks each from ``blocks``,
+    as float32 rows."""
 
     @settings(max_examples=draw_sets, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
     @given(st.lists(blocks, min_size=12, max_size=12))
@@ -659,6 +655,16 @@ def drawn_blocks(spec, draw_sets: int) -> np.ndarray:
     out: list = []
     collect()
     return np.array(out, np.float32)
+
+
+def drawn_blocks(spec, draw_sets: int) -> np.ndarray:
+    """Hypothesis-drawn float32 blocks: values of one magnitude range, and raw
+    finite float32 bit patterns (every exponent)."""
+    n = spec.block_size
+    patterns = st.integers(0, (1 << 32) - 1).filter(lambda b: (b >> 23) & 0xFF != 0xFF)
+    blocks = st.one_of(block_strategy(n).map(lambda b: [np.float32(v) * np.float32(2.0 ** b[1]) for v in b[0]]),
+                       st.lists(patterns, min_size=n, max_size=n).map(lambda b: list(np.array(b, np.uint32).view(np.float32))))
+    return float32_draws(blocks, draw_sets)
 
 
 @pytest.mark.parametrize("name", MX_QUANTIZERS)
@@ -895,15 +901,7 @@ def tie_blocks(book: Formatbook, draw_sets: int) -> np.ndarray:
     values = sorted({float(v) for v in np.concatenate([fine, np.nextafter(fine, np.float32(0)), np.nextafter(fine, np.float32(top))])})
     value = st.tuples(st.sampled_from(values), st.booleans()).map(lambda v: -v[0] if v[1] else v[0])
     blocks = st.tuples(st.lists(value, min_size=book.block_size, max_size=book.block_size), st.integers(-8, 8))
-
-    @settings(max_examples=draw_sets, deadline=None, database=None, derandomize=True, suppress_health_check=BIG)
-    @given(st.lists(blocks, min_size=12, max_size=12))
-    def collect(bs):
-        out.extend(np.array(b, np.float32) * np.float32(2.0**k) for b, k in bs)
-
-    out: list = []
-    collect()
-    return np.array(out, np.float32)
+    return float32_draws(blocks.map(lambda b: np.array(b[0], np.float32) * np.float32(2.0 ** b[1])), draw_sets)
 
 
 @pytest.mark.parametrize("name", BOOK_QUANTIZERS)

@@ -235,11 +235,13 @@ def align(x: Any, s: Any, sign: Any, mag: Any, c: int, wide: int) -> Any:
 
 
 @block
-def zero_if(flag: Any, x: Any, y: Any) -> Any:
+def const_if(flag: Any, x: Any, y: Any, value: int = 0) -> Any:
+    """y = value where flag, else x."""
+
     @always_comb
     def gate() -> None:
         if flag:
-            y.next = 0
+            y.next = value
         else:
             y.next = x
 
@@ -261,7 +263,7 @@ def block_quant(x: Any, q: Any, s: Any, spec: BlockFormat) -> Any:
     codes = []
     for xe in elems:
         sg, mg, code, out = sig(1), sig(t.in_bits), sig(b), sig(b)
-        insts += [align(xe, s, sg, mg, k["c"], k["shift_bits"]), encoder(sg, mg, code, t), zero_if(nan, code, out)]
+        insts += [align(xe, s, sg, mg, k["c"], k["shift_bits"]), encoder(sg, mg, code, t), const_if(nan, code, out)]
         codes.append(out)
     insts.append(copy(ConcatSignal(*reversed(codes)), q))
     return insts
@@ -390,20 +392,6 @@ def min_const(x: Any, y: Any, limit: int) -> Any:
 
 
 @block
-def ones_if(flag: Any, x: Any, y: Any) -> Any:
-    ones = (1 << len(y)) - 1
-
-    @always_comb
-    def sat() -> None:
-        if flag:
-            y.next = ones
-        else:
-            y.next = x
-
-    return sat
-
-
-@block
 def to_level(w: Any, lv: Any, nearest: bool, top: int) -> Any:
     """lv = w (units of a level / 4, sticky last bit) on the levels: truncated, or
     rounded to nearest with ties to the even level, saturated to ``top``."""
@@ -488,7 +476,7 @@ def book_quant(x: Any, q: Any, dialect_id: Any, s: Any, book: Formatbook, nan: A
         insts.append(align(xe, s, sg, al, k["c"], k["shift_bits"]))
         if k["e_lim"] < IN_EXP_MAX + 1:
             over = sig(1)
-            insts += [ge_const(e, over, k["e_lim"] + 1), ones_if(over, al, mg)]
+            insts += [ge_const(e, over, k["e_lim"] + 1), const_if(over, al, mg, (1 << w) - 1)]
         else:
             mg = al
         insts.append(to_level(mg, lv, book.fixed_point_rule == "nearest", book.levels - 1))
@@ -497,7 +485,7 @@ def book_quant(x: Any, q: Any, dialect_id: Any, s: Any, book: Formatbook, nan: A
         levels.append(lv)
     raw_id, lv_bus = sig(max(1, book.dialect_id_bits)), sig(n * lb)
     select = select_lut if book.selection == "lut" else select_two_stage
-    insts += [copy(ConcatSignal(*reversed(levels)), lv_bus), select(lv_bus, raw_id, book), zero_if(block_nan, raw_id, dialect_id)]
+    insts += [copy(ConcatSignal(*reversed(levels)), lv_bus), select(lv_bus, raw_id, book), const_if(block_nan, raw_id, dialect_id)]
     # element indices: lut reads the block's IDX row at the level; two_stage compares the
     # exact magnitude with the block's row of rounding thresholds (both rows expanded once)
     codes = []
@@ -781,7 +769,7 @@ def block_quant_float(x: Any, ts: Any, q: Any, s: Any, spec: BlockFormat) -> Any
         ge = [sig(1) for _ in ths]
         insts += [ge_sig(z, th, g) for th, g in zip(ths, ge)]
         code, out = sig(b), sig(b)
-        insts += [ladder_code(ge, x(i * IN_BITS + IN_BITS - 1), code, te), zero_if(nan, code, out)]
+        insts += [ladder_code(ge, x(i * IN_BITS + IN_BITS - 1), code, te), const_if(nan, code, out)]
         codes.append(out)
     insts.append(copy(ConcatSignal(*reversed(codes)), q))
     return insts
